@@ -1,0 +1,9 @@
+"""Data: files -> datasets -> flat batches.
+
+Readers convert units once, at load time, to eV and Å (see :mod:`nnp.units`).
+"""
+
+from nnp.data.collate import collate
+from nnp.data.datasets import AtomsDataset, open_dataset
+
+__all__ = ["AtomsDataset", "collate", "open_dataset"]

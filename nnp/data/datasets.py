@@ -1,0 +1,103 @@
+"""The dataset interface and the factory that opens one from a data config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from nnp.errors import NNPError
+
+
+class AtomsDataset(Dataset):
+    """Structures with labels in eV/Å, read on demand.
+
+    Besides ``__getitem__`` (a sample for :func:`nnp.data.collate`), every
+    dataset answers cheap whole-dataset questions without reading coordinates,
+    which splits and statistics use:
+
+    - :meth:`energies` (n,) eV (NaN where a structure has no energy),
+    - :meth:`numbers_of` the atomic numbers of structure ``i``,
+    - :meth:`groups` (n,) a molecule/formula label per structure, for splits,
+    - :attr:`has_forces`, :attr:`path`, :attr:`n_skipped` (NaN rows dropped).
+    """
+
+    path: str
+    has_forces: bool
+    has_energy: bool
+    n_skipped: int = 0
+
+    def energies(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def numbers_of(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def groups(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def elements(self) -> list[int]:
+        """Sorted atomic numbers present in the dataset."""
+        seen: set[int] = set()
+        for i in self._composition_representatives():
+            seen.update(int(z) for z in self.numbers_of(i))
+        return sorted(seen)
+
+    def _composition_representatives(self) -> list[int]:
+        return list(range(len(self)))
+
+    def n_atoms(self) -> np.ndarray:
+        return np.array([len(self.numbers_of(i)) for i in range(len(self))], dtype=np.int64)
+
+    def composition_matrix(self, indices: np.ndarray, species: list[int]) -> np.ndarray:
+        """(len(indices), S) count of each species (atomic numbers ``species``) per structure."""
+        col = {z: k for k, z in enumerate(species)}
+        out = np.zeros((len(indices), len(species)))
+        for r, i in enumerate(indices):
+            for z in self.numbers_of(int(i)):
+                if int(z) in col:
+                    out[r, col[int(z)]] += 1
+        return out
+
+
+def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
+    """Open the dataset a data config describes (``format``: hdf5 or ase)."""
+    from nnp.data.ase_files import AseDataset
+    from nnp.data.hdf5 import HDF5Dataset
+    from nnp.units import energy_factor, length_factor
+
+    fmt = cfg.get("format")
+    path = cfg.get("path")
+    if path in (None, "", "???"):
+        raise NNPError("data.path is not set: give the data file, e.g. data.path=my_data.h5")
+    units = cfg.get("units") or {}
+    e_fac = energy_factor(units.get("energy", "eV"))
+    l_fac = length_factor(units.get("length", "angstrom"))
+    common = dict(
+        path=str(path),
+        energy_factor=e_fac,
+        length_factor=l_fac,
+        skip_nan=bool(cfg.get("skip_nan", True)),
+        min_distance=float(cfg.get("min_distance", 0.5)),
+    )
+    if fmt == "hdf5":
+        ds: AtomsDataset = HDF5Dataset(
+            energy_key=cfg.get("energy_key", "wb97x_dz.energy"),
+            forces_key=cfg.get("forces_key", "wb97x_dz.forces"),
+            group_key=cfg.get("group_key", "smiles"),
+            **common,
+        )
+    elif fmt == "ase":
+        ds = AseDataset(
+            energy_key=cfg.get("energy_key", "energy"),
+            forces_key=cfg.get("forces_key", "forces"),
+            group_key=cfg.get("group_key", None),
+            **common,
+        )
+    else:
+        raise NNPError(f"unknown data.format {fmt!r}; choose 'hdf5' (ANI-1x layout) or 'ase' (any ASE-readable file)")
+    if len(ds) == 0:
+        raise NNPError(f"{path}: dataset is empty (no usable structures; {ds.n_skipped} skipped)")
+    return ds

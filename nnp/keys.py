@@ -1,0 +1,33 @@
+"""The one registry of batch and output field names.
+
+Every batch is a ``Dict[str, Tensor]`` with flat atoms (all structures
+concatenated) and a per-atom structure index. Shapes below use
+N = atoms in the batch, M = structures in the batch, P = neighbor pairs.
+No other module spells these strings out.
+"""
+
+from typing import Final
+
+# --- inputs (per atom) ---
+Z: Final[str] = "atomic_numbers"  # (N,) int64, atomic numbers
+R: Final[str] = "positions"  # (N, 3) float, Å
+IDX_M: Final[str] = "idx_m"  # (N,) int64, structure index of each atom, 0..M-1
+# --- inputs (per structure) ---
+N_ATOMS: Final[str] = "n_atoms"  # (M,) int64
+CELL: Final[str] = "cell"  # (M, 3, 3) float, Å, rows are lattice vectors
+PBC: Final[str] = "pbc"  # (M, 3) bool
+STRUCTURE_ID: Final[str] = "structure_id"  # (M,) int64, index into the dataset
+
+# --- labels (eV, eV/Å, eV/Å^3) ---
+ENERGY: Final[str] = "energy"  # (M,) total energy, eV
+FORCES: Final[str] = "forces"  # (N, 3) eV/Å
+STRESS: Final[str] = "stress"  # (M, 3, 3) eV/Å^3, ASE sign convention
+
+# --- derived inside the potential ---
+SPECIES: Final[str] = "species"  # (N,) int64, index into the model's species list
+PAIRS: Final[str] = "pairs"  # (2, P) int64, (center i, neighbor j), both directions
+SHIFTS: Final[str] = "shifts"  # (P, 3) float, Cartesian cell shift added to r_j, Å
+ATOMIC_ENERGY: Final[str] = "atomic_energy"  # (N,) eV, network + reference energy
+LAYER_ENERGY: Final[str] = "layer_energy"  # (M, L) eV, per-layer share (hierarchical models)
+PAIR_VECTORS: Final[str] = "pair_vectors"  # (P, 3) r_j - r_i (+ shift), Å
+PAIR_DISTANCES: Final[str] = "pair_distances"  # (P,) Å

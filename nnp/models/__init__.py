@@ -1,0 +1,36 @@
+"""Architectures, built by name from a plain config dict.
+
+``build_model({"name": "ani", ...}, n_species)`` is the one place a name is
+turned into a class; saved models store that dict and are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nnp.errors import NNPError
+from nnp.models.ani import ANI
+from nnp.models.base import AtomisticModel
+
+MODELS: dict[str, Callable[..., AtomisticModel]] = {"ani": ANI}
+
+
+def register_model(name: str, factory: Callable[..., AtomisticModel]) -> None:
+    """Add an architecture to the registry (for plugins and new models)."""
+    MODELS[name] = factory
+
+
+def build_model(config: Mapping[str, Any], n_species: int) -> AtomisticModel:
+    """Build an architecture from ``config`` (``name`` plus its keyword arguments)."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if name not in MODELS:
+        raise NNPError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    try:
+        return MODELS[name](n_species=n_species, **options)
+    except TypeError as err:
+        raise NNPError(f"model {name!r}: {err}") from None
+
+
+__all__ = ["MODELS", "AtomisticModel", "build_model", "register_model"]

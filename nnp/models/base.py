@@ -1,0 +1,23 @@
+"""The interface every architecture implements."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class AtomisticModel(nn.Module):
+    """Maps atomic environments to per-atom energies.
+
+    ``forward(inputs: Dict[str, Tensor]) -> Dict[str, Tensor]`` reads
+    ``keys.SPECIES`` (N,), ``keys.PAIRS`` (2, P), ``keys.PAIR_VECTORS`` (P, 3),
+    ``keys.PAIR_DISTANCES`` (P,), ``keys.IDX_M`` (N,), ``keys.N_ATOMS`` (M,),
+    and returns at least ``keys.ATOMIC_ENERGY`` (N,): a dimensionless
+    network output that the :class:`~nnp.potential.Potential` scales and
+    shifts to eV. Models never compute forces; the potential does, once.
+
+    Attributes every model sets: ``cutoff`` (Å, the largest pair distance it
+    reads) and ``n_species``.
+    """
+
+    cutoff: float
+    n_species: int

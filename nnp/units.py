@@ -1,0 +1,53 @@
+"""Unit conversion, in one place.
+
+Inside nnp everything is eV and Å (as in ASE). Files declare their units in
+the data config (``data.units.energy`` / ``data.units.length``); readers call
+:func:`energy_factor` / :func:`length_factor` once, at load time.
+"""
+
+from __future__ import annotations
+
+from ase import units as _ase_units
+
+from nnp.errors import NNPError
+
+#: eV per unit of energy
+ENERGY_UNITS: dict[str, float] = {
+    "ev": 1.0,
+    "mev": 1e-3,
+    "hartree": _ase_units.Hartree,
+    "ha": _ase_units.Hartree,
+    "kcal/mol": _ase_units.kcal / _ase_units.mol,
+    "kj/mol": _ase_units.kJ / _ase_units.mol,
+    "ry": _ase_units.Rydberg,
+}
+
+#: Å per unit of length
+LENGTH_UNITS: dict[str, float] = {
+    "angstrom": 1.0,
+    "a": 1.0,
+    "bohr": _ase_units.Bohr,
+    "nm": 10.0,
+}
+
+EV_TO_KCAL_MOL: float = 1.0 / ENERGY_UNITS["kcal/mol"]
+
+
+def energy_factor(unit: str) -> float:
+    """Multiply a value in ``unit`` by this to get eV."""
+    try:
+        return ENERGY_UNITS[unit.strip().lower()]
+    except KeyError:
+        raise NNPError(
+            f"unknown energy unit {unit!r}; choose one of {sorted(ENERGY_UNITS)}"
+        ) from None
+
+
+def length_factor(unit: str) -> float:
+    """Multiply a value in ``unit`` by this to get Å."""
+    try:
+        return LENGTH_UNITS[unit.strip().lower()]
+    except KeyError:
+        raise NNPError(
+            f"unknown length unit {unit!r}; choose one of {sorted(LENGTH_UNITS)}"
+        ) from None
