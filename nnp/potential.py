@@ -66,7 +66,7 @@ class Potential(nn.Module):
         energy_scale: float = 1.0,
     ) -> Potential:
         species = sorted(int(z) for z in species)
-        model = build_model(model_config, n_species=len(species))
+        model = build_model(model_config, species)
         return cls(model, model_config, species, atomref, energy_scale)
 
     def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,12 @@
 """Architectures, built by name from a plain config dict.
 
-``build_model({"name": "ani", ...}, n_species)`` is the one place a name is
+``build_model({"name": "ani", ...}, species)`` is the one place a name is
 turned into a class; saved models store that dict and are rebuilt from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nnp.errors import NNPError
@@ -21,14 +21,18 @@ def register_model(name: str, factory: Callable[..., AtomisticModel]) -> None:
     MODELS[name] = factory
 
 
-def build_model(config: Mapping[str, Any], n_species: int) -> AtomisticModel:
-    """Build an architecture from ``config`` (``name`` plus its keyword arguments)."""
+def build_model(config: Mapping[str, Any], species: Sequence[int]) -> AtomisticModel:
+    """Build an architecture from ``config`` (``name`` plus its keyword arguments).
+
+    ``species``: the sorted atomic numbers the model handles; an atom's species
+    index (what models see) is its position in this list.
+    """
     options = dict(config)
     name = options.pop("name", None)
     if name not in MODELS:
         raise NNPError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     try:
-        return MODELS[name](n_species=n_species, **options)
+        return MODELS[name](species=list(species), **options)
     except TypeError as err:
         raise NNPError(f"model {name!r}: {err}") from None
 

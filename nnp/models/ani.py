@@ -9,10 +9,11 @@ shifts, eta_R = 16, eta_A = 8, zeta = 32, cosine cutoff, CELU(0.1).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Dict
 
 import torch
+from ase.data import chemical_symbols
 from torch import nn
 
 from nnp import keys
@@ -129,20 +130,23 @@ class ANI(AtomisticModel):
 
     def __init__(
         self,
-        n_species: int,
-        hidden: Sequence[int] | Sequence[Sequence[int]] = (160, 128, 96),
+        species: Sequence[int],
+        hidden: Sequence[int] = (160, 128, 96),
+        hidden_per_element: Mapping[str, Sequence[int]] | None = None,
         activation: str = "celu",
         **aev_kwargs,
     ):
+        """``hidden``: layer widths of each element's network; ``hidden_per_element``
+        (element symbol -> widths) overrides it per element, as ANI-1x does."""
         super().__init__()
+        n_species = len(species)
         self.aev = AEV(n_species, **aev_kwargs)
         self.n_species = n_species
         self.cutoff = max(self.aev.radial_cutoff, self.aev.angular_cutoff)
-        hidden = list(hidden)
-        if hidden and isinstance(hidden[0], (int, float)):
-            per_species = [[int(h) for h in hidden]] * n_species
-        else:
-            per_species = [[int(h) for h in hs] for hs in hidden]
+        overrides = dict(hidden_per_element or {})
+        per_species = [
+            [int(h) for h in overrides.get(chemical_symbols[z], hidden)] for z in species
+        ]
         self.networks = ElementwiseMLP(n_species, self.aev.length, per_species, activation)
 
     def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

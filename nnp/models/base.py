@@ -15,6 +15,8 @@ class AtomisticModel(nn.Module):
     network output that the :class:`~nnp.potential.Potential` scales and
     shifts to eV. Models never compute forces; the potential does, once.
 
+    Constructors take ``species`` (sorted atomic numbers) first, then their
+    hyperparameters as keyword arguments (the model config minus ``name``).
     Attributes every model sets: ``cutoff`` (Å, the largest pair distance it
     reads) and ``n_species``.
     """

@@ -1,0 +1,195 @@
+"""The ``nnp`` command: thin dispatch to subcommands.
+
+Config-driven subcommands (train, evaluate, predict, md, export) are Hydra
+apps: ``nnp train model=ani trainer.max_epochs=10``. Overrides are composed
+once up front so that a typo gives one clear line instead of a traceback;
+then Hydra runs the job (run directories, multirun ``-m``, launchers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from nnp.errors import NNPError
+
+console = Console(stderr=True, highlight=False)
+
+#: Hydra subcommands: name -> "module:function" taking the composed DictConfig.
+HYDRA_COMMANDS: dict[str, str] = {
+    "train": "nnp.train:run",
+    "evaluate": "nnp.evaluate:run",
+    "predict": "nnp.predict:run",
+    "md": "nnp.md:run",
+}
+#: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
+PLAIN_COMMANDS: dict[str, str] = {}
+
+HELP = {
+    "train": "train a potential on a dataset (writes a run directory with model.pt)",
+    "evaluate": "error report of a model on a dataset (table, JSON, parity plot)",
+    "predict": "energies and forces for every structure of a file",
+    "md": "molecular dynamics with a model (ASE integrators)",
+}
+
+
+def config_dir() -> Path:
+    """The shipped Hydra configs: ``nnp/conf`` when installed, ``conf/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise NNPError("cannot find nnp's config folder (conf/); is the package installed correctly?")
+
+
+def shipped_dataset(name: str) -> str:
+    """Path of a small dataset shipped with nnp (``datasets/`` in a checkout, ``nnp/datasets`` installed)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "datasets" / name, here.parent / "datasets" / name):
+        if candidate.is_file():
+            return str(candidate)
+    raise NNPError(f"shipped dataset {name!r} not found (looked in nnp/datasets and datasets/)")
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers the shipped configs use (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("nnp_dataset"):
+        OmegaConf.register_new_resolver("nnp_dataset", shipped_dataset)
+
+
+def _load(target: str) -> Callable:
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _explain_config_error(err: BaseException) -> str:
+    msg = _one_line(str(err))
+    cause = err.__cause__
+    m = re.search(r"Could not override '([^']+)'", msg)
+    if m and cause is not None and "not in struct" in str(cause):
+        key = m.group(1)
+        return f"config error: '{key}' is not a config key (a typo? use '+{key}=...' to add a new key)"
+    if m and cause is not None:
+        return f"config error: cannot set '{m.group(1)}': {_one_line(str(cause)).split(' full_key')[0]}"
+    m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
+    if m:
+        opts = re.findall(r"Available options in '[^']+': (.*)", msg)
+        avail = f" (available: {', '.join(opts[0].split())})" if opts else ""
+        return f"config error: no config '{m.group(2)}' in group '{m.group(1)}'{avail}"
+    if cause is not None:
+        msg = f"{msg}: {_one_line(str(cause)).split(' full_key')[0]}"
+    return f"config error: {msg}"
+
+
+def validate_overrides(name: str, argv: list[str]) -> None:
+    """Compose the config with the user's overrides; raise NNPError on any problem."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides, extra_dirs, it = [], [], iter(argv)
+    for arg in it:
+        if arg in ("--config-dir", "-cd"):
+            extra_dirs.append(next(it, ""))
+        elif arg.startswith("--config-dir="):
+            extra_dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            return  # Hydra flags (--help, -m, --cfg ...): let Hydra handle them
+        else:
+            overrides.append(arg)
+    for d in extra_dirs:
+        if not Path(d).is_dir():
+            raise NNPError(f"{d}: config folder not found")
+    if extra_dirs:
+        paths = ",".join(f"file://{Path(d).resolve()}" for d in extra_dirs)
+        overrides = [f"hydra.searchpath=[{paths}]"] + overrides
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=name):
+            compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    except Exception as err:  # Hydra/OmegaConf raise many types; all are config errors here
+        raise NNPError(_explain_config_error(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _run_hydra(name: str, argv: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    validate_overrides(name, argv)
+    task = _load(HYDRA_COMMANDS[name])
+
+    @hydra.main(version_base=None, config_path=str(config_dir()), config_name=name)
+    def app(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except NNPError as err:
+            console.print(f"[bold red]error:[/] {err}")
+            sys.exit(2)
+
+    sys.argv = [f"nnp {name}"] + argv
+    app()
+    return 0
+
+
+def usage() -> str:
+    lines = ["usage: nnp <command> [key=value ...]", "", "commands:"]
+    for name in list(HYDRA_COMMANDS) + list(PLAIN_COMMANDS):
+        lines.append(f"  {name:<10} {HELP.get(name, '')}")
+    lines += [
+        "",
+        "Config-driven commands take Hydra overrides (key=value); see `nnp <command> --help`",
+        "and `nnp <command> --cfg job` for the full config. Configs live in " + str(_safe_config_dir()),
+    ]
+    return "\n".join(lines)
+
+
+def _safe_config_dir() -> str:
+    try:
+        return str(config_dir())
+    except NNPError:
+        return "(not found)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from nnp import __version__
+
+        print(f"nnp {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    try:
+        if name in HYDRA_COMMANDS:
+            return _run_hydra(name, rest)
+        if name in PLAIN_COMMANDS:
+            return int(_load(PLAIN_COMMANDS[name])(rest) or 0)
+        raise NNPError(f"unknown command {name!r}; commands: {', '.join(list(HYDRA_COMMANDS) + list(PLAIN_COMMANDS))}")
+    except NNPError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
