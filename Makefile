@@ -1,0 +1,36 @@
+# nnp: `make demo` (train + evaluate + predict + md on the shipped data), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nnp-installed
+# torch is pinned here (constraints.txt), not in pyproject: the package asks for a range.
+PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
+DEMO_DIR ?= demo-output
+
+.PHONY: install test test-fast demo bench lint clean
+
+$(STAMP): pyproject.toml setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip >/dev/null
+	$(PIP_INSTALL) -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
+demo: $(STAMP)
+	DEMO_DIR=$(DEMO_DIR) NNP=$(BIN)/nnp PYTHON=$(BIN)/python bash scripts/demo.sh
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install -q ruff && $(BIN)/ruff check nnp tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) runs outputs multirun .pytest_cache
