@@ -51,7 +51,7 @@ class NNPCalculator(Calculator):
         batch = batch_to(collate([atoms_to_sample(self.atoms)]), self.device, self.dtype)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
         out = self.potential(batch, compute_forces=True, compute_stress=want_stress)
-        energy = float(out[keys.ENERGY][0])
+        energy = float(out[keys.ENERGY][0].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,
@@ -59,6 +59,6 @@ class NNPCalculator(Calculator):
             "energies": out[keys.ATOMIC_ENERGY].detach().cpu().double().numpy(),
         }
         if want_stress:
-            from ase.constraints import full_3x3_to_voigt_6_stress
+            from ase.stress import full_3x3_to_voigt_6_stress
 
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].detach().cpu().double().numpy())

@@ -1,0 +1,173 @@
+"""``nnp train``: data -> split -> reference energies -> Lightning fit -> model.pt.
+
+The run directory (Hydra's ``hydra.run.dir``) receives: ``config.yaml`` (the
+resolved config), ``split.npz``, ``checkpoints/`` (best and last Lightning
+checkpoints), ``csv/metrics.csv`` and ``tensorboard/`` logs, the deployable
+``model.pt`` and ``test_report.json`` (+ parity plot).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nnp.data import open_dataset
+from nnp.data.splits import load_split, make_split, save_split
+from nnp.data.statistics import fit_atomref
+from nnp.errors import NNPError
+from nnp.potential import Potential
+from nnp.report import console, table, write_json
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    raise NNPError("train must run under Hydra (use the `nnp train` command)")
+
+
+def _split(cfg: dict[str, Any], dataset, run_dir: Path) -> dict[str, np.ndarray]:
+    if cfg.get("split_file"):
+        split = load_split(cfg["split_file"], len(dataset))
+    else:
+        spec = dict(cfg.get("split") or {})
+        by = str(spec.pop("by", "random"))
+        seed = int(spec.pop("seed", 0))
+        if by not in ("random", "group"):
+            raise NNPError(f"data.split.by={by!r}: choose random or group")
+        groups = dataset.groups() if by == "group" else None
+        split = make_split(len(dataset), spec, groups=groups, seed=seed)
+    save_split(run_dir / "split.npz", split, len(dataset), {"path": cfg.get("path"), "seed": cfg.get("split", {}).get("seed")})
+    return split
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True),
+        EarlyStopping(monitor=cfg.early_stopping.monitor, patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta), mode="min"),
+        LearningRateMonitor(logging_interval="epoch"),
+        RichProgressBar(leave=False),
+    ]
+    loggers = [
+        CSVLogger(save_dir=str(run_dir), name="csv", version=""),
+        TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+    ]
+    precision = "64-true" if cfg.dtype == "float64" else trainer_kwargs.pop("precision", "32-true")
+    trainer_kwargs.pop("precision", None)
+    try:
+        return pl.Trainer(
+            default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers,
+            inference_mode=False,  # validation computes forces by autograd
+            precision=precision, **trainer_kwargs,
+        )
+    except (TypeError, ValueError) as err:
+        raise NNPError(f"trainer config: {err}") from None
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's console to warnings: our own tables say what matters."""
+    import logging
+    import warnings
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    _quiet_lightning()
+
+    from nnp.evaluate import parity_plot, predict_dataset, print_metrics
+    from nnp.training import PotentialModule
+    from nnp.training.datamodule import AtomsDataModule
+
+    t0 = time.time()
+    run_dir = _run_dir()
+    model_path = run_dir / str(cfg.model_file)
+    if model_path.exists() and not cfg.overwrite and not cfg.resume:
+        raise NNPError(f"{model_path} already exists: choose another hydra.run.dir, or overwrite=true")
+    if cfg.dtype not in ("float32", "float64"):
+        raise NNPError(f"dtype={cfg.dtype!r}: choose float32 or float64")
+    dtype = getattr(torch, str(cfg.dtype))
+    pl.seed_everything(int(cfg.seed), verbose=False)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
+
+    dataset = open_dataset(data_cfg)
+    if loss_cfg.get("forces_weight", 0) > 0 and not dataset.has_forces:
+        console.print("[yellow]note:[/] the data has no forces: training on energies only (loss.forces_weight=0)")
+        loss_cfg["forces_weight"] = 0.0
+    split = _split(data_cfg, dataset, run_dir)
+    if len(split["val"]) == 0:
+        raise NNPError("the validation split is empty: set data.split.val > 0 (it drives checkpoints and early stopping)")
+    species = dataset.elements()
+    atomref, scale = fit_atomref(dataset, split["train"], species)
+    from ase.data import chemical_symbols
+
+    console.print(table(
+        f"data: {data_cfg['path']}",
+        ["", "value"],
+        [
+            ["structures", f"{len(dataset)} ({dataset.n_skipped} skipped: NaN labels)"],
+            ["split train/val/test", "/".join(str(len(split[p])) for p in ("train", "val", "test"))],
+            ["elements", ", ".join(chemical_symbols[z] for z in species)],
+            ["reference energies (eV)", ", ".join(f"{chemical_symbols[z]} {e:.3f}" for z, e in zip(species, atomref))],
+            ["residual RMS per atom (eV)", f"{scale:.4f}"],
+            ["forces", "yes" if dataset.has_forces else "no"],
+        ],
+    ))
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3)).to(dtype)
+    n_params = sum(p.numel() for p in potential.parameters())
+    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
+    datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    potential = module.potential.cpu().eval()
+    if trainer.global_rank != 0:
+        return {}
+    metadata = {
+        "data": data_cfg,
+        "split_file": str(run_dir / "split.npz"),
+        "run_dir": str(run_dir),
+        "epochs": int(trainer.current_epoch),
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
+        "train_seconds": round(time.time() - t0, 1),
+        "n_parameters": n_params,
+    }
+    potential.save(model_path, metadata)
+    result: dict[str, Any] = {"model": str(model_path), "run_dir": str(run_dir)}
+    if cfg.evaluate_test and len(split["test"]) > 0:
+        report = predict_dataset(potential, dataset, split["test"], batch_size=int(data_cfg.get("batch_size", 32)) * 2)
+        metrics = report["metrics"]
+        metrics.update(model=str(model_path), data=str(data_cfg["path"]), split="test")
+        print_metrics(metrics, "test split")
+        write_json(run_dir / "test_report.json", metrics)
+        parity_plot(report["samples"], run_dir / "test_report.png", "test split")
+        result["test"] = metrics
+    console.print(f"[bold green]done[/] in {time.time() - t0:.0f} s: model [bold]{model_path}[/], run directory {run_dir}")
+    return result

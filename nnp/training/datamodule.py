@@ -1,0 +1,46 @@
+"""Lightning data module over a dataset and its saved split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Subset
+
+from nnp.data.collate import collate
+from nnp.data.datasets import AtomsDataset
+
+
+class AtomsDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        dataset: AtomsDataset,
+        split: dict[str, np.ndarray],
+        batch_size: int = 32,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.dataset = dataset
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+
+    def _loader(self, part: str, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            Subset(self.dataset, self.split[part].tolist()),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)

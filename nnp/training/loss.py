@@ -1,0 +1,47 @@
+"""Weighted mean-squared error of energies and forces."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from nnp import keys
+
+
+class EnergyForceLoss:
+    """loss = w_E * MSE(E) + w_F * MSE(F).
+
+    E in eV (divided by the number of atoms when ``per_atom_energy``), F in
+    eV/Å per Cartesian component. Also returns MAEs for logging.
+    """
+
+    def __init__(self, energy_weight: float = 1.0, forces_weight: float = 10.0, per_atom_energy: bool = True):
+        self.energy_weight = float(energy_weight)
+        self.forces_weight = float(forces_weight)
+        self.per_atom_energy = bool(per_atom_energy)
+        if self.energy_weight < 0 or self.forces_weight < 0:
+            raise ValueError("loss weights must be non-negative")
+
+    @property
+    def uses_forces(self) -> bool:
+        return self.forces_weight > 0
+
+    def __call__(
+        self, pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        n = batch[keys.N_ATOMS].to(pred[keys.ENERGY].dtype)
+        de = pred[keys.ENERGY] - batch[keys.ENERGY]
+        de_atom = de / n
+        de_loss = de_atom if self.per_atom_energy else de
+        loss = self.energy_weight * de_loss.pow(2).mean()
+        metrics = {
+            "energy_mae": de.abs().mean().detach(),
+            "energy_per_atom_mae": de_atom.abs().mean().detach(),
+        }
+        if keys.FORCES in pred and keys.FORCES in batch:
+            df = pred[keys.FORCES] - batch[keys.FORCES]
+            if self.uses_forces:
+                loss = loss + self.forces_weight * df.pow(2).mean()
+            metrics["forces_mae"] = df.abs().mean().detach()
+        return loss, metrics
