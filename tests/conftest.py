@@ -7,9 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+# pytest-xdist runs two workers on two cores: one thread each, or OpenMP
+# spin-waiting across oversubscribed cores makes small systems ~20x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import h5py
 import numpy as np
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
