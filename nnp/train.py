@@ -24,11 +24,28 @@ from nnp.potential import Potential
 from nnp.report import console, table, write_json
 
 
+# Rank 0 hands its run directory to the processes Lightning launches for the
+# other ranks (they inherit the environment; their Hydra run dir is the cwd).
+_RUN_DIR_ENV = "NNP_RUN_DIR"
+
+
+def _is_rank_zero() -> bool:
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def _run_dir() -> Path:
+    import os
+
     from hydra.core.hydra_config import HydraConfig
 
+    if not _is_rank_zero() and os.environ.get(_RUN_DIR_ENV):
+        return Path(os.environ[_RUN_DIR_ENV])
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+        run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+        os.environ[_RUN_DIR_ENV] = str(run_dir)
+        return run_dir
     raise NNPError("train must run under Hydra (use the `nnp train` command)")
 
 
@@ -43,7 +60,8 @@ def _split(cfg: dict[str, Any], dataset, run_dir: Path) -> dict[str, np.ndarray]
             raise NNPError(f"data.split.by={by!r}: choose random or group")
         groups = dataset.groups() if by == "group" else None
         split = make_split(len(dataset), spec, groups=groups, seed=seed)
-    save_split(run_dir / "split.npz", split, len(dataset), {"path": cfg.get("path"), "seed": cfg.get("split", {}).get("seed")})
+    if _is_rank_zero():
+        save_split(run_dir / "split.npz", split, len(dataset), {"path": cfg.get("path"), "seed": cfg.get("split", {}).get("seed")})
     return split
 
 
@@ -99,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     run_dir = _run_dir()
     model_path = run_dir / str(cfg.model_file)
-    if model_path.exists() and not cfg.overwrite and not cfg.resume:
+    if _is_rank_zero() and model_path.exists() and not cfg.overwrite and not cfg.resume:
         raise NNPError(f"{model_path} already exists: choose another hydra.run.dir, or overwrite=true")
     if cfg.dtype not in ("float32", "float64"):
         raise NNPError(f"dtype={cfg.dtype!r}: choose float32 or float64")
@@ -136,7 +154,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3)).to(dtype)
     n_params = sum(p.numel() for p in potential.parameters())
     console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if _is_rank_zero():
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
     datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))

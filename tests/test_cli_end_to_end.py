@@ -129,3 +129,13 @@ def _tiny():
     from conftest import TINY_TRAIN
 
     return [a for a in TINY_TRAIN if not a.startswith("trainer.max_epochs")]
+
+
+def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_h5):
+    """trainer.strategy=ddp: Lightning re-launches `nnp train` for rank 1; one run directory results."""
+    run_dir = tmp_path / "ddp"
+    res = run_nnp("train", "data=demo", f"data.path={tiny_h5}", *_tiny(), "trainer.max_epochs=1", "trainer.devices=2",
+                  "trainer.strategy=ddp", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (run_dir / "model.pt").exists() and (run_dir / "test_report.json").exists()
+    assert not (REPO / "split.npz").exists() and not (REPO / "checkpoints").exists()
