@@ -28,13 +28,15 @@ HYDRA_COMMANDS: dict[str, str] = {
     "md": "nnp.md:run",
 }
 #: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
-PLAIN_COMMANDS: dict[str, str] = {}
+PLAIN_COMMANDS: dict[str, str] = {"export": "nnp.export:main", "data": "nnp.data.cli:main"}
 
 HELP = {
     "train": "train a potential on a dataset (writes a run directory with model.pt)",
     "evaluate": "error report of a model on a dataset (table, JSON, parity plot)",
     "predict": "energies and forces for every structure of a file",
     "md": "molecular dynamics with a model (ASE integrators)",
+    "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
+    "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 
 
@@ -131,6 +133,7 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     from omegaconf import DictConfig
 
     validate_overrides(name, argv)
+    register_resolvers()
     task = _load(HYDRA_COMMANDS[name])
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name=name)
@@ -138,10 +141,13 @@ def _run_hydra(name: str, argv: list[str]) -> int:
         try:
             task(cfg)
         except NNPError as err:
-            console.print(f"[bold red]error:[/] {err}")
+            console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
             sys.exit(2)
 
-    sys.argv = [f"nnp {name}"] + argv
+    # Hydra reads its overrides from sys.argv. For train, argv[0] is a real script
+    # that Lightning can re-launch for the other ranks of a multi-device run.
+    entry = Path(__file__).resolve().parent / "scripts" / "ddp_train.py"
+    sys.argv = [str(entry) if name == "train" else f"nnp {name}"] + argv
     app()
     return 0
 
@@ -176,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nnp {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    if name not in HYDRA_COMMANDS and name not in PLAIN_COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get("NNP_RUN_DIR"):
+        # Lightning re-launched `python -m nnp[.cli]` for another DDP rank, without the subcommand.
+        name, rest = "train", argv
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
         if name in HYDRA_COMMANDS:
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(_load(PLAIN_COMMANDS[name])(rest) or 0)
         raise NNPError(f"unknown command {name!r}; commands: {', '.join(list(HYDRA_COMMANDS) + list(PLAIN_COMMANDS))}")
     except NNPError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -167,7 +167,9 @@ def _indices(cfg: DictConfig, ckpt: Path, dataset: AtomsDataset) -> np.ndarray:
     if part not in ("train", "val", "test"):
         raise NNPError(f"split={part!r}: choose train, val, test or all")
     split_file = cfg.get("split_file") or ckpt.parent / "split.npz"
-    split = load_split(split_file, len(dataset))
+    from nnp.data.splits import fingerprint
+
+    split = load_split(split_file, len(dataset), fingerprint=fingerprint(dataset.groups(), dataset.energies()))
     idx = split[part]
     if len(idx) == 0:
         raise NNPError(f"{split_file}: the {part} split is empty")

@@ -95,56 +95,87 @@ class Potential(nn.Module):
 
         ``create_graph`` keeps the graph of the forces (training on forces).
         """
+        species = self._species_index(batch[keys.Z])
+        if torch.jit.is_scripting():
+            # TorchScript has no enable_grad: forces need the caller's grad mode on (the default).
+            return self._evaluate(batch, species, compute_forces, compute_stress, create_graph)
+        with torch.enable_grad():
+            return self._evaluate(batch, species, compute_forces, compute_stress, create_graph)
+
+    def _species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """:meth:`species_of`, with a plain TorchScript error path when scripted."""
+        if torch.jit.is_scripting():
+            z = atomic_numbers.to(self.species_table.device)
+            if bool(((z < 1) | (z > 118)).any()):
+                raise RuntimeError("atomic numbers out of range 1..118")
+            s = self.species_table[z]
+            if bool((s < 0).any()):
+                raise RuntimeError("element not known to this model")
+            return s
+        return self.species_of(atomic_numbers)
+
+    def _evaluate(
+        self,
+        batch: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+        create_graph: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """The body of :meth:`forward` (grad mode already on)."""
         positions = batch[keys.R]
         idx_m = batch[keys.IDX_M]
         n_atoms = batch[keys.N_ATOMS]
         n_structures = n_atoms.shape[0]
         cell = batch[keys.CELL].to(positions.dtype)
         pbc = batch[keys.PBC]
-        species = self.species_of(batch[keys.Z])
-
         nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, self.cutoff)
-        with torch.enable_grad():
-            if (compute_forces or compute_stress) and not positions.requires_grad:
-                positions = positions.detach().requires_grad_(True)
-            unstrained = positions
-            strain = torch.zeros_like(cell)
+        if (compute_forces or compute_stress) and not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)
+        unstrained = positions
+        strain = torch.zeros_like(cell)
+        if compute_stress:
+            # Differentiate with respect to a homogeneous strain of atoms and cell.
+            strain.requires_grad_(True)
+            positions = positions + torch.einsum("ni,nij->nj", positions, strain[idx_m])
+            cell = cell + torch.matmul(cell, strain)
+        i, j = nbrs.pairs[0], nbrs.pairs[1]
+        vectors = positions[j] - positions[i]
+        if bool(pbc.any()):  # images are all zero without periodic cells: skip (P, 3, 3) work
+            vectors = vectors + torch.einsum("pk,pkl->pl", nbrs.images.to(positions.dtype), cell[idx_m[i]])
+        inputs = {
+            keys.SPECIES: species,
+            keys.PAIRS: nbrs.pairs,
+            keys.PAIR_VECTORS: vectors,
+            keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
+            keys.IDX_M: idx_m,
+            keys.N_ATOMS: n_atoms,
+        }
+        out = self.model(inputs)
+        atomic = self.energy_scale * out[keys.ATOMIC_ENERGY] + self.atomref[species]
+        energy = scatter_sum(atomic, idx_m, n_structures)
+        results: Dict[str, torch.Tensor] = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
+        if keys.LAYER_ENERGY in out:
+            # Hierarchical models: per-atom layer shares (N, L) -> per structure (M, L).
+            # The atom reference energies are the one-body term, so they join
+            # layer 0 and the layers sum to the energy.
+            layers = scatter_sum(self.energy_scale * out[keys.LAYER_ENERGY], idx_m, n_structures)
+            reference = scatter_sum(self.atomref[species], idx_m, n_structures)
+            results[keys.LAYER_ENERGY] = torch.cat([layers[:, :1] + reference[:, None], layers[:, 1:]], dim=1)
+        if compute_forces or compute_stress:
+            wrt = [unstrained, strain] if compute_stress else [unstrained]
+            grads = torch.autograd.grad(
+                [energy.sum()], wrt, create_graph=create_graph, retain_graph=create_graph, allow_unused=True
+            )
+            if compute_forces:
+                g = grads[0]
+                results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
             if compute_stress:
-                # Differentiate with respect to a homogeneous strain of atoms and cell.
-                strain.requires_grad_(True)
-                positions = positions + torch.einsum("ni,nij->nj", positions, strain[idx_m])
-                cell = cell + torch.matmul(cell, strain)
-            i, j = nbrs.pairs[0], nbrs.pairs[1]
-            shifts = torch.einsum("pk,pkl->pl", nbrs.images.to(positions.dtype), cell[idx_m[i]])
-            vectors = positions[j] - positions[i] + shifts
-            inputs = {
-                keys.SPECIES: species,
-                keys.PAIRS: nbrs.pairs,
-                keys.PAIR_VECTORS: vectors,
-                keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
-                keys.IDX_M: idx_m,
-                keys.N_ATOMS: n_atoms,
-            }
-            out = self.model(inputs)
-            atomic = self.energy_scale * out[keys.ATOMIC_ENERGY] + self.atomref[species]
-            energy = scatter_sum(atomic, idx_m, n_structures)
-            results: Dict[str, torch.Tensor] = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
-            if keys.LAYER_ENERGY in out:
-                results[keys.LAYER_ENERGY] = self.energy_scale * out[keys.LAYER_ENERGY]
-            if compute_forces or compute_stress:
-                wrt = [unstrained, strain] if compute_stress else [unstrained]
-                grads = torch.autograd.grad(
-                    [energy.sum()], wrt, create_graph=create_graph, retain_graph=create_graph, allow_unused=True
-                )
-                if compute_forces:
-                    g = grads[0]
-                    results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
-                if compute_stress:
-                    g = grads[1]
-                    if g is None:
-                        g = torch.zeros_like(strain)
-                    volume = torch.linalg.det(batch[keys.CELL].to(energy.dtype)).abs()
-                    results[keys.STRESS] = g / volume[:, None, None]
+                g = grads[1]
+                if g is None:
+                    g = torch.zeros_like(strain)
+                volume = torch.linalg.det(batch[keys.CELL].to(energy.dtype)).abs()
+                results[keys.STRESS] = g / volume[:, None, None]
         return results
 
     # ------------------------------------------------------------- save/load

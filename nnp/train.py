@@ -50,8 +50,11 @@ def _run_dir() -> Path:
 
 
 def _split(cfg: dict[str, Any], dataset, run_dir: Path) -> dict[str, np.ndarray]:
+    from nnp.data.splits import fingerprint
+
+    fp = fingerprint(dataset.groups(), dataset.energies())
     if cfg.get("split_file"):
-        split = load_split(cfg["split_file"], len(dataset))
+        split = load_split(cfg["split_file"], len(dataset), fingerprint=fp)
     else:
         spec = dict(cfg.get("split") or {})
         by = str(spec.pop("by", "random"))
@@ -61,7 +64,8 @@ def _split(cfg: dict[str, Any], dataset, run_dir: Path) -> dict[str, np.ndarray]
         groups = dataset.groups() if by == "group" else None
         split = make_split(len(dataset), spec, groups=groups, seed=seed)
     if _is_rank_zero():
-        save_split(run_dir / "split.npz", split, len(dataset), {"path": cfg.get("path"), "seed": cfg.get("split", {}).get("seed")})
+        meta = {"path": cfg.get("path"), "by": (cfg.get("split") or {}).get("by"), "seed": (cfg.get("split") or {}).get("seed")}
+        save_split(run_dir / "split.npz", split, len(dataset), meta, fingerprint=fp)
     return split
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from nnp import keys
 from nnp.data.checks import check_min_distance
-from nnp.data.datasets import AtomsDataset
+from nnp.data.datasets import AtomsDataset, encode_labels
 from nnp.errors import NNPError
 
 
@@ -103,7 +103,7 @@ class AseDataset(AtomsDataset):
             self.samples.append(sample)
             g = _label(atoms, group_key, data) if group_key else None
             labels.append(str(g) if g is not None else atoms.get_chemical_formula())
-        self._labels = np.array(labels, dtype=object)
+        self._codes, self._names = encode_labels(labels)
         self._energies = np.array([s[keys.ENERGY] for s in self.samples], dtype=np.float64)
         self.has_forces = has_forces
         self.has_energy = True
@@ -141,4 +141,7 @@ class AseDataset(AtomsDataset):
         return self.samples[index][keys.Z]
 
     def groups(self) -> np.ndarray:
-        return self._labels
+        return self._codes
+
+    def group_names(self) -> list[str]:
+        return self._names

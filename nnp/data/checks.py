@@ -1,10 +1,45 @@
-"""Checks of structures and labels, shared by every reader."""
+"""Checks of structures and labels, shared by every reader.
+
+All work on stacks of conformations (c, n, 3) in bounded memory, a block of
+rows at a time.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from nnp.errors import NNPError
+
+#: Distance-matrix entries per block in :func:`min_distances` (16 MB in float32).
+_BLOCK_ENTRIES = 1 << 22
+
+
+def min_distances(positions: np.ndarray) -> np.ndarray:
+    """Shortest interatomic distance (c,) Å of every conformation of a stack (c, n, 3), non-periodic.
+
+    ``inf`` for structures with fewer than two atoms, NaN where coordinates
+    are not finite. Computed in blocks of rows with ``torch.cdist`` (exact
+    differences, not the Gram trick), in float32 when the input is float32:
+    about a microsecond per ANI-1x-sized structure.
+    """
+    import torch
+
+    pos = np.asarray(positions)
+    if pos.ndim == 2:
+        pos = pos[None]
+    c, n = pos.shape[0], pos.shape[1]
+    out = np.full(c, np.inf)
+    if n < 2 or c == 0:
+        return out
+    dtype = np.float32 if pos.dtype == np.float32 else np.float64
+    step = max(1, _BLOCK_ENTRIES // (n * n))
+    with torch.no_grad():
+        for start in range(0, c, step):
+            x = torch.from_numpy(np.ascontiguousarray(pos[start : start + step], dtype=dtype))
+            d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+            d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+            out[start : start + len(x)] = d.amin(dim=(1, 2)).numpy()
+    return out
 
 
 def closest_pair(positions: np.ndarray) -> tuple[float, int, int]:
@@ -13,32 +48,49 @@ def closest_pair(positions: np.ndarray) -> tuple[float, int, int]:
     Returns (distance Å, i, j); for a stack, the minimum over conformations.
     """
     pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim == 2:
-        pos = pos[None]
-    n = pos.shape[1]
+    if pos.ndim == 3:
+        dist = min_distances(pos)
+        if not np.isfinite(dist).any():
+            return float("inf"), 0, 0
+        pos = pos[int(np.nanargmin(dist))]
+    n = len(pos)
     if n < 2:
         return float("inf"), 0, 0
-    best = (float("inf"), 0, 0)
-    for start in range(0, pos.shape[0], 256):  # bounded memory for big groups
-        chunk = pos[start : start + 256]
-        d = np.linalg.norm(chunk[:, :, None, :] - chunk[:, None, :, :], axis=-1)
-        d[:, np.arange(n), np.arange(n)] = np.inf
-        k = int(np.argmin(d))
-        c, i, j = np.unravel_index(k, d.shape)
-        if d[c, i, j] < best[0]:
-            best = (float(d[c, i, j]), int(i), int(j))
-    return best
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    d[np.arange(n), np.arange(n)] = np.inf
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    i, j = min(i, j), max(i, j)
+    return float(d[i, j]), int(i), int(j)
 
 
 def check_min_distance(positions: np.ndarray, min_distance: float, where: str) -> None:
-    """Raise NNPError naming ``where`` if two atoms are closer than ``min_distance`` Å."""
+    """Raise NNPError naming ``where`` if two atoms are closer than ``min_distance`` Å.
+
+    ``positions`` is one structure (n, 3) or a stack (c, n, 3); for a stack the
+    message names the first offending row (``where`` row k).
+    """
     if min_distance <= 0:
         return
-    d, i, j = closest_pair(positions)
-    if d < min_distance:
-        raise NNPError(f"{where}: atoms {i} and {j} are {d:.3f} Å apart (< {min_distance} Å): overlapping atoms")
+    pos = np.asarray(positions)
+    bad = np.flatnonzero(min_distances(pos) < min_distance)
+    if len(bad):
+        k = int(bad[0])
+        d, i, j = closest_pair(pos[k] if pos.ndim == 3 else pos)
+        row = f" row {k}" if pos.ndim == 3 else ""
+        raise NNPError(
+            f"{where}{row}: atoms {i} and {j} are {d:.3f} Å apart "
+            f"(< data.min_distance={min_distance} Å): overlapping atoms"
+        )
 
 
 def check_finite(values: np.ndarray, where: str, what: str) -> None:
     if not np.all(np.isfinite(values)):
         raise NNPError(f"{where}: {what} contains NaN or infinite values")
+
+
+def finite_rows(values: np.ndarray) -> np.ndarray:
+    """(c,) True where every entry of row k of a stack (c, ...) is finite."""
+    v = np.asarray(values)
+    if v.ndim == 1:
+        return np.isfinite(v)
+    return np.isfinite(v.reshape(len(v), -1)).all(axis=1)

@@ -20,7 +20,10 @@ class AtomsDataset(Dataset):
 
     - :meth:`energies` (n,) eV (NaN where a structure has no energy),
     - :meth:`numbers_of` the atomic numbers of structure ``i``,
-    - :meth:`groups` (n,) a molecule/formula label per structure, for splits,
+    - :meth:`groups` (n,) int32 code of each structure's molecule/formula
+      label, for grouped splits; :meth:`group_names` the labels, so that
+      ``group_names()[groups()[i]]`` is structure ``i``'s label. Codes are
+      ranks of the sorted labels: the same file gives the same codes.
     - :attr:`has_forces`, :attr:`path`, :attr:`n_skipped` (NaN rows dropped).
     """
 
@@ -36,6 +39,9 @@ class AtomsDataset(Dataset):
         raise NotImplementedError
 
     def groups(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def group_names(self) -> list[str]:
         raise NotImplementedError
 
     def elements(self) -> list[int]:
@@ -62,6 +68,12 @@ class AtomsDataset(Dataset):
         return out
 
 
+def encode_labels(labels: np.ndarray | list[str]) -> tuple[np.ndarray, list[str]]:
+    """Labels (n,) -> (int32 codes (n,), sorted unique labels)."""
+    names, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    return codes.astype(np.int32).reshape(-1), [str(v) for v in names]
+
+
 def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
     """Open the dataset a data config describes (``format``: hdf5 or ase)."""
     from nnp.data.ase_files import AseDataset
@@ -73,12 +85,11 @@ def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
     if path in (None, "", "???"):
         raise NNPError("data.path is not set: give the data file, e.g. data.path=my_data.h5")
     units = cfg.get("units") or {}
-    e_fac = energy_factor(units.get("energy", "eV"))
-    l_fac = length_factor(units.get("length", "angstrom"))
+    # None: the file's own declaration (HDF5 attributes written by `nnp data prepare`), else eV / Å
+    e_fac = energy_factor(units["energy"]) if units.get("energy") else None
+    l_fac = length_factor(units["length"]) if units.get("length") else None
     common = dict(
         path=str(path),
-        energy_factor=e_fac,
-        length_factor=l_fac,
         skip_nan=bool(cfg.get("skip_nan", True)),
         min_distance=float(cfg.get("min_distance", 0.5)),
     )
@@ -87,6 +98,8 @@ def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
             energy_key=cfg.get("energy_key", "wb97x_dz.energy"),
             forces_key=cfg.get("forces_key", "wb97x_dz.forces"),
             group_key=cfg.get("group_key", "smiles"),
+            energy_factor=e_fac,
+            length_factor=l_fac,
             **common,
         )
     elif fmt == "ase":
@@ -94,6 +107,8 @@ def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
             energy_key=cfg.get("energy_key", "energy"),
             forces_key=cfg.get("forces_key", "forces"),
             group_key=cfg.get("group_key", None),
+            energy_factor=1.0 if e_fac is None else e_fac,
+            length_factor=1.0 if l_fac is None else l_fac,
             **common,
         )
     else:

@@ -12,8 +12,11 @@ from typing import Any
 from nnp.errors import NNPError
 from nnp.models.ani import ANI
 from nnp.models.base import AtomisticModel
+from nnp.models.hipnn import HIPNN
+from nnp.models.painn import PaiNN
+from nnp.models.schnet import SchNet
 
-MODELS: dict[str, Callable[..., AtomisticModel]] = {"ani": ANI}
+MODELS: dict[str, Callable[..., AtomisticModel]] = {"ani": ANI, "schnet": SchNet, "painn": PaiNN, "hipnn": HIPNN}
 
 
 def register_model(name: str, factory: Callable[..., AtomisticModel]) -> None:
@@ -33,7 +36,7 @@ def build_model(config: Mapping[str, Any], species: Sequence[int]) -> AtomisticM
         raise NNPError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     try:
         return MODELS[name](species=list(species), **options)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # unknown keyword, or a bad value (activation, cutoff, ...)
         raise NNPError(f"model {name!r}: {err}") from None
 
 

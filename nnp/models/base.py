@@ -1,7 +1,7 @@
 """The interface every architecture implements."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: TorchScript reads the class
+# annotations below as real types when it scripts a model.
 from torch import nn
 
 

@@ -63,6 +63,7 @@ class ElementwiseMLP(nn.Module):
         out = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
         for s, net in enumerate(self.nets):
             idx = torch.nonzero(species == s).flatten()
-            if idx.numel() > 0:
-                out = out.index_copy(0, idx, net(features.index_select(0, idx)).flatten())
+            # Run every network, even on zero atoms: data-parallel training needs
+            # each parameter in the graph on every rank, or gradient sync hangs.
+            out = out.index_copy(0, idx, net(features.index_select(0, idx)).flatten())
         return out

@@ -28,7 +28,8 @@ class AtomsDataModule(pl.LightningDataModule):
 
     def _loader(self, part: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
-            Subset(self.dataset, self.split[part].tolist()),
+            # numpy indices: a list of millions of Python ints would be copied into every worker
+            Subset(self.dataset, self.split[part]),
             batch_size=batch_size,
             shuffle=shuffle,
             collate_fn=collate,

@@ -1,0 +1,158 @@
+"""SchNetPack side of the benchmarks (runs in benchmarks/.venvs/schnetpack).
+
+SchNet and PaiNN sized exactly like nnp's (conf/model/{schnet,painn}.yaml with
+128 features, 3 interactions, 5 Å): SchNet with 50 Gaussians and a cosine
+cutoff, shifted softplus; PaiNN with 20 Bessel functions, a cosine cutoff and
+SiLU; both read out by SchNetPack's Atomwise (one hidden layer of 64), forces
+by its Forces module. Neighbor lists come from SchNetPack's fastest CPU
+backend (matscipy), as in its data pipeline and its ASE calculator.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import schnetpack as spk  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from schnetpack import properties as P  # noqa: E402
+from schnetpack.data.loader import _atoms_collate_fn  # noqa: E402
+from schnetpack.interfaces import SpkCalculator  # noqa: E402
+
+from common import (  # noqa: E402
+    batches,
+    load_npz,
+    main,
+    md_run,
+    measure,
+    peak_memory,
+    split_structures,
+    to_atoms,
+)
+
+CUTOFF = 5.0
+
+
+def build(model: str):
+    cutoff_fn = spk.nn.CosineCutoff(CUTOFF)
+    if model == "schnet":
+        rep = spk.representation.SchNet(
+            n_atom_basis=128, n_interactions=3,
+            radial_basis=spk.nn.GaussianRBF(n_rbf=50, cutoff=CUTOFF), cutoff_fn=cutoff_fn,
+        )
+        act = spk.nn.shifted_softplus
+    elif model == "painn":
+        rep = spk.representation.PaiNN(
+            n_atom_basis=128, n_interactions=3,
+            radial_basis=spk.nn.BesselRBF(n_rbf=20, cutoff=CUTOFF), cutoff_fn=cutoff_fn,
+        )
+        act = F.silu
+    else:
+        raise ValueError(f"schnetpack has no {model} model here")
+    return spk.model.NeuralNetworkPotential(
+        representation=rep,
+        input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[
+            spk.atomistic.Atomwise(n_in=128, output_key="energy", activation=act),
+            spk.atomistic.Forces(energy_key="energy", force_key="forces"),
+        ],
+    )
+
+
+def neighbor_list():
+    return spk.transform.MatScipyNeighborList(cutoff=CUTOFF)
+
+
+def to_inputs(structures, nbl=None) -> dict[str, torch.Tensor]:
+    """SchNetPack's data path: per-structure dict -> neighbor list -> float32 -> collate."""
+    nbl = nbl or neighbor_list()
+    cast = spk.transform.CastTo32()
+    samples = []
+    for k, s in enumerate(structures):
+        d = {
+            P.idx: torch.tensor([k]),
+            P.n_atoms: torch.tensor([len(s["Z"])]),
+            P.Z: torch.from_numpy(s["Z"].astype(np.int64)),
+            P.R: torch.from_numpy(s["R"]),
+            P.cell: torch.from_numpy(s["cell"]).view(1, 3, 3),
+            P.pbc: torch.from_numpy(s["pbc"]).view(1, 3),
+        }
+        if "energy" in s:
+            d["energy"] = torch.tensor([s["energy"]])
+            d["forces"] = torch.from_numpy(s["forces"])
+        samples.append(cast(nbl(d)))
+    return _atoms_collate_fn(samples)
+
+
+# ------------------------------------------------------------------ cases
+def train(repeats: int, dataset: str, batch_size: int, model: str = "schnet") -> dict:
+    if model not in ("schnet", "painn"):
+        return {"error": f"schnetpack has no {model} here"}
+    structures = split_structures(load_npz(dataset))
+    net = build(model)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    t0 = time.perf_counter()
+    data = [to_inputs(b) for b in batches(structures, batch_size)]
+    pipeline_s = (time.perf_counter() - t0) / len(data)
+    state = {"k": 0}
+
+    def step():
+        batch = data[state["k"] % len(data)]
+        state["k"] += 1
+        inputs = {k: v for k, v in batch.items()}
+        inputs[P.R] = batch[P.R].detach().clone()  # the model marks it requires_grad in place
+        out = net(inputs)
+        n = batch[P.n_atoms].to(out["energy"].dtype)
+        loss = ((out["energy"] - batch["energy"]) / n).pow(2).mean()
+        loss = loss + 10.0 * (out["forces"] - batch["forces"]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = measure(step, repeats, warmup=3)
+    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "conformations/s",
+            "pipeline_s_per_batch": pipeline_s,
+            "items_per_s_with_pipeline": batch_size / (t["median_s"] + pipeline_s),
+            "variant": "neighbor lists precomputed (data pipeline, not timed)"}
+
+
+def single_point(repeats: int, system: str, model: str = "schnet") -> dict:
+    if model not in ("schnet", "painn"):
+        return {"error": f"schnetpack has no {model} here"}
+    (structure,) = split_structures(load_npz(system))
+    net = build(model).eval()
+    nbl = neighbor_list()
+    n = len(structure["Z"])
+
+    def call():
+        return net(to_inputs([structure], nbl))
+
+    t = measure(call, repeats, warmup=1, min_time=0)
+    mem = peak_memory(call)
+    return {**t, **mem, "n_atoms": n, "items_per_s": n / t["median_s"], "unit": "atoms/s",
+            "variant": "neighbor list (matscipy) included"}
+
+
+def md(repeats: int, system: str, steps: int, model: str = "schnet") -> dict:
+    if model not in ("schnet", "painn"):
+        return {"error": f"schnetpack has no {model} here"}
+    (structure,) = split_structures(load_npz(system))
+    atoms = to_atoms(structure)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        torch.save(build(model), path)
+        calc = SpkCalculator(str(path), neighbor_list=neighbor_list(), energy_unit="eV",
+                             position_unit="Angstrom", dtype=torch.float32)
+    res = md_run(atoms, calc, steps, repeats)
+    return {**res, "n_atoms": len(atoms), "variant": "SpkCalculator, matscipy neighbor list"}
+
+
+if __name__ == "__main__":
+    main({"train": train, "single_point": single_point, "md": md})

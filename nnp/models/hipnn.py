@@ -1,0 +1,131 @@
+"""HIP-NN: hierarchically interacting particle neural network.
+
+Lubbers, Smith, Barros, J. Chem. Phys. 148, 241715 (2018). Atoms start as a
+one-hot encoding of their species; each interaction block is one interaction
+layer followed by ``n_atom_layers`` on-site layers. The energy is a sum over
+a hierarchy of layers, E = sum_l E_l, with E_0 read from the one-hot input
+(a one-body, per-element term) and E_l (l >= 1) read linearly from the
+features after block l; the model returns each atom's share of every layer
+(``keys.LAYER_ENERGY``, (N, L) with L = n_interactions + 1) and their sum.
+
+Interaction layer (nu = sensitivity index, P pairs i<-j):
+    z'_i = act( sum_nu sum_j s_nu(r_ij) V_nu z_j + W z_i + b )
+with sensitivities s_nu(r) = exp(-(1/r - 1/mu_nu)^2 / 2 sigma_nu^2) * cos^2(pi r / 2 r_c):
+Gaussians in inverse distance (learnable centres and widths) times a soft cutoff.
+
+Defaults (conf/model/hipnn.yaml) follow the paper and hippynn's published
+examples: 2 interaction blocks, 3 on-site layers per block, 20 sensitivity
+functions between 0.75 Å and 5.5 Å, hard cutoff 6.5 Å, softplus activation.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nnp import keys
+from nnp.models.base import AtomisticModel
+from nnp.nn import CosineCutoff, InverseGaussianRBF, build_activation, scatter_sum
+
+
+class HIPInteraction(nn.Module):
+    """Sensitivity-weighted sum over neighbors + self term: (N, F_in) -> (N, F_out), pre-activation."""
+
+    def __init__(self, n_in: int, n_out: int, n_sensitivities: int, soft_min: float, soft_max: float, cutoff: float):
+        super().__init__()
+        self.n_in = n_in
+        self.n_sensitivities = n_sensitivities
+        self.sensitivity = InverseGaussianRBF(n_sensitivities, cutoff, start=soft_min, stop=soft_max, trainable=True)
+        weights = torch.empty(n_sensitivities, n_in, n_out)
+        nn.init.xavier_normal_(weights)
+        self.weights = nn.Parameter(weights.reshape(n_sensitivities * n_in, n_out))  # V_nu stacked
+        self.self_interaction = nn.Linear(n_in, n_out)  # W z_i + b
+
+    def forward(
+        self, z: torch.Tensor, distances: torch.Tensor, fcut: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        """z: (N, F_in); distances, fcut: (P,); i, j: (P,) -> (N, F_out)."""
+        n_atoms = z.shape[0]
+        sense = self.sensitivity(distances) * fcut[:, None]  # (P, nu)
+        env = scatter_sum(sense[:, :, None] * z.index_select(0, j)[:, None, :], i, n_atoms)  # (N, nu, F_in)
+        return env.reshape(n_atoms, self.n_sensitivities * self.n_in) @ self.weights + self.self_interaction(z)
+
+
+class HIPBlock(nn.Module):
+    """Interaction layer -> ``n_atom_layers`` on-site layers (residual where widths match)."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_features: int,
+        n_atom_layers: int,
+        n_sensitivities: int,
+        soft_min: float,
+        soft_max: float,
+        cutoff: float,
+        activation: str,
+    ):
+        super().__init__()
+        self.interaction = HIPInteraction(n_in, n_features, n_sensitivities, soft_min, soft_max, cutoff)
+        self.activation = build_activation(activation)
+        self.atom_layers = nn.ModuleList(nn.Linear(n_features, n_features) for _ in range(n_atom_layers))
+
+    def forward(
+        self, z: torch.Tensor, distances: torch.Tensor, fcut: torch.Tensor, i: torch.Tensor, j: torch.Tensor
+    ) -> torch.Tensor:
+        z = self.activation(self.interaction(z, distances, fcut, i, j))
+        for layer in self.atom_layers:
+            z = z + self.activation(layer(z))
+        return z
+
+
+class HIPNN(AtomisticModel):
+    """One-hot species -> interaction blocks; energy = sum of linear read-outs of every layer."""
+
+    def __init__(
+        self,
+        species: Sequence[int],
+        n_features: int = 80,
+        n_interactions: int = 2,
+        n_atom_layers: int = 3,
+        n_sensitivities: int = 20,
+        soft_min: float = 0.75,
+        soft_max: float = 5.5,
+        cutoff: float = 6.5,
+        activation: str = "softplus",
+    ):
+        super().__init__()
+        if not 0.0 < soft_min < soft_max <= cutoff:
+            raise ValueError(f"hipnn needs 0 < soft_min < soft_max <= cutoff, got {soft_min}, {soft_max}, {cutoff}")
+        self.n_species = len(species)
+        self.cutoff = float(cutoff)
+        self.cutoff_fn = CosineCutoff(cutoff)  # 0.5 (cos(pi r/rc) + 1) = cos^2(pi r / 2 rc)
+        widths = [self.n_species] + [int(n_features)] * int(n_interactions)
+        self.blocks = nn.ModuleList(
+            HIPBlock(widths[k], widths[k + 1], n_atom_layers, n_sensitivities, soft_min, soft_max, cutoff, activation)
+            for k in range(n_interactions)
+        )
+        # E_l = linear read-out of layer l's features; E_0 from the one-hot input is
+        # a per-element constant, zero at start (the potential's atom references
+        # carry the one-body energy until training moves it).
+        self.energy_heads = nn.ModuleList(nn.Linear(w, 1) for w in widths)
+        nn.init.zeros_(self.energy_heads[0].weight)
+        nn.init.zeros_(self.energy_heads[0].bias)
+        self.n_layers = len(widths)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        species = inputs[keys.SPECIES]
+        pairs = inputs[keys.PAIRS]
+        i, j = pairs[0], pairs[1]
+        distances = inputs[keys.PAIR_DISTANCES]
+        fcut = self.cutoff_fn(distances)
+        z = nn.functional.one_hot(species, self.n_species).to(distances.dtype)
+        features = [z]
+        for block in self.blocks:
+            z = block(z, distances, fcut, i, j)
+            features.append(z)
+        shares: list[torch.Tensor] = []
+        for k, head in enumerate(self.energy_heads):
+            shares.append(head(features[k]))
+        layer_energy = torch.cat(shares, dim=1)  # (N, L)
+        return {keys.ATOMIC_ENERGY: layer_energy.sum(1), keys.LAYER_ENERGY: layer_energy}

@@ -1,0 +1,111 @@
+"""PaiNN: polarizable atom interaction neural network (equivariant messages).
+
+Schütt, Unke, Gastegger, ICML 2021 (arXiv:2102.03150). Each atom carries
+scalar features s (N, F) and vector features v (N, 3, F). Defaults
+(conf/model/painn.yaml) are the paper's: 128 features, 3 interaction
+blocks, 20 sine (Bessel) radial functions sin(n pi r / rc) / r with a cosine
+cutoff at 5 Å, SiLU activations.
+
+Message (per pair, cutoff-weighted filter W(r_ij)):
+    ds_i = sum_j phi_s(s_j) W_s
+    dv_i = sum_j v_j phi_vv(s_j) W_vv + r_ij/|r_ij| phi_vs(s_j) W_vs
+Update (per atom, U and V mix vector channels):
+    dv_i = a_vv(s_i, |V v_i|) U v_i
+    ds_i = a_ss(s_i, |V v_i|) + a_sv(s_i, |V v_i|) <U v_i, V v_i>
+The energy is read out from s only, so it is rotation invariant.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nnp import keys
+from nnp.models.base import AtomisticModel
+from nnp.nn import build_activation, build_cutoff, build_mlp, build_radial_basis, scatter_sum
+
+
+class PaiNNLayer(nn.Module):
+    """One message + one update block: (s, v) -> (s, v)."""
+
+    def __init__(self, n_features: int, n_rbf: int, activation: str, epsilon: float = 1e-8):
+        super().__init__()
+        f = n_features
+        self.n_features = f
+        self.epsilon = float(epsilon)
+        self.phi = nn.Sequential(nn.Linear(f, f), build_activation(activation), nn.Linear(f, 3 * f))
+        self.filter = nn.Linear(n_rbf, 3 * f)
+        self.mix_uv = nn.Linear(f, 2 * f, bias=False)  # U and V stacked
+        self.update = nn.Sequential(nn.Linear(2 * f, f), build_activation(activation), nn.Linear(f, 3 * f))
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        v: torch.Tensor,
+        rbf: torch.Tensor,
+        fcut: torch.Tensor,
+        unit: torch.Tensor,
+        i: torch.Tensor,
+        j: torch.Tensor,
+    ):
+        """s: (N, F); v: (N, 3, F); rbf: (P, n_rbf); fcut: (P,); unit: (P, 3) r_ij/|r_ij|."""
+        n_atoms = s.shape[0]
+        f = self.n_features
+        # --- message
+        x = self.phi(s).index_select(0, j) * (self.filter(rbf) * fcut[:, None])  # (P, 3F)
+        x_s, x_vv, x_vs = torch.split(x, f, dim=-1)
+        dv = v.index_select(0, j) * x_vv[:, None, :] + unit[:, :, None] * x_vs[:, None, :]  # (P, 3, F)
+        s = s + scatter_sum(x_s, i, n_atoms)
+        v = v + scatter_sum(dv, i, n_atoms)
+        # --- update
+        uv = self.mix_uv(v)  # (N, 3, 2F)
+        u_v, v_v = torch.split(uv, f, dim=-1)
+        norm_v = torch.sqrt((v_v * v_v).sum(1) + self.epsilon)  # smooth at v = 0
+        a = self.update(torch.cat([s, norm_v], dim=-1))
+        a_vv, a_sv, a_ss = torch.split(a, f, dim=-1)
+        v = v + a_vv[:, None, :] * u_v
+        s = s + a_ss + a_sv * (u_v * v_v).sum(1)
+        return s, v
+
+
+class PaiNN(AtomisticModel):
+    """Embedding -> PaiNN layers -> atom-wise MLP on scalars -> atomic energy (dimensionless)."""
+
+    def __init__(
+        self,
+        species: Sequence[int],
+        n_features: int = 128,
+        n_interactions: int = 3,
+        cutoff: float = 5.0,
+        n_rbf: int = 20,
+        radial_basis: str = "bessel",
+        cutoff_fn: str = "cosine",
+        activation: str = "silu",
+        readout_hidden: Sequence[int] | None = None,
+    ):
+        """``readout_hidden``: widths of the output MLP (default ``[n_features // 2]``)."""
+        super().__init__()
+        self.n_species = len(species)
+        self.cutoff = float(cutoff)
+        self.n_features = int(n_features)
+        hidden: list[int] = [int(h) for h in readout_hidden] if readout_hidden is not None else [n_features // 2]
+        self.embedding = nn.Embedding(self.n_species, n_features)
+        self.radial = build_radial_basis(radial_basis, n_rbf, cutoff)
+        self.cutoff_fn = build_cutoff(cutoff_fn, cutoff)
+        self.layers = nn.ModuleList(PaiNNLayer(n_features, n_rbf, activation) for _ in range(n_interactions))
+        self.readout = build_mlp(n_features, hidden, 1, activation)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        species = inputs[keys.SPECIES]
+        pairs = inputs[keys.PAIRS]
+        i, j = pairs[0], pairs[1]
+        vectors = inputs[keys.PAIR_VECTORS]
+        distances = inputs[keys.PAIR_DISTANCES]
+        rbf = self.radial(distances)
+        fcut = self.cutoff_fn(distances)
+        unit = vectors / distances[:, None]
+        s = self.embedding(species)
+        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
+        for layer in self.layers:
+            s, v = layer(s, v, rbf, fcut, unit, i, j)
+        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1)}
