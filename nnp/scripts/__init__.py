@@ -1,0 +1,1 @@
+"""Scripts that must exist as files (entry points re-launched by Lightning)."""
