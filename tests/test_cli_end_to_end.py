@@ -139,3 +139,23 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_h5):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run_dir / "model.pt").exists() and (run_dir / "test_report.json").exists()
     assert not (REPO / "split.npz").exists() and not (REPO / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("model,sizes", [
+    ("schnet", ["model.n_features=16", "model.n_interactions=1"]),
+    ("painn", ["model.n_features=16", "model.n_interactions=1"]),
+    ("hipnn", ["model.n_features=16"]),
+])
+def test_every_architecture_through_the_cli(tmp_path, tiny_h5, model, sizes):
+    run_dir = tmp_path / model
+    res = run_nnp("train", "data=demo", f"data.path={tiny_h5}", f"model={model}", *sizes, "data.batch_size=16", "trainer=cpu",
+                  "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "r.json"
+    res = run_nnp("evaluate", f"ckpt={run_dir / 'model.pt'}", f"output={out}", "plot=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert finite(report["forces_mae"])
+    if model == "hipnn":  # the hierarchy is reported: one mean energy per layer (1 + 2 interactions)
+        layers = report["layer_energy_mean"]
+        assert len(layers) == 3 and all(finite(v) for v in layers)
