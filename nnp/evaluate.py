@@ -44,7 +44,7 @@ def predict_dataset(
 
     dtype = potential.atomref.dtype
     potential = potential.to(device).eval()
-    e_pred, e_ref, n_at = [], [], []
+    e_pred, e_ref, n_at, e_offset = [], [], [], []
     f_abs = f_sq = 0.0
     f_count = 0
     f_pred_keep, f_ref_keep = [], []
@@ -62,6 +62,11 @@ def predict_dataset(
             e_pred.append(out[keys.ENERGY].detach().double().cpu().numpy())
             e_ref.append(batch[keys.ENERGY].double().cpu().numpy())
             n_at.append(batch[keys.N_ATOMS].cpu().numpy())
+            # sum of atom reference energies, so the plot shows what the network learns
+            offset = torch.zeros(len(idx), dtype=torch.float64).index_add(
+                0, batch[keys.IDX_M].cpu(), potential.atomref[potential.species_of(batch[keys.Z])].double().cpu()
+            )
+            e_offset.append(offset.numpy())
             if keys.LAYER_ENERGY in out:
                 ls = out[keys.LAYER_ENERGY].detach().double().sum(0).cpu().numpy()
                 layer_sum = ls if layer_sum is None else layer_sum + ls
@@ -95,7 +100,7 @@ def predict_dataset(
     if layer_sum is not None:
         metrics["layer_energy_mean"] = (layer_sum / len(ep)).tolist()
     samples = {
-        "energy_pred": ep, "energy_ref": er, "n_atoms": na,
+        "energy_pred": ep, "energy_ref": er, "n_atoms": na, "energy_offset": np.concatenate(e_offset),
         "forces_pred": np.concatenate(f_pred_keep) if f_pred_keep else None,
         "forces_ref": np.concatenate(f_ref_keep) if f_ref_keep else None,
     }
@@ -133,13 +138,15 @@ def parity_plot(samples: Mapping[str, Any], path: str | Path, title: str = "") -
     has_f = samples.get("forces_pred") is not None
     fig, axes = plt.subplots(1, 2 if has_f else 1, figsize=(10 if has_f else 5, 4.6), squeeze=False)
     ax = axes[0, 0]
-    x = samples["energy_ref"] / samples["n_atoms"]
-    y = samples["energy_pred"] / samples["n_atoms"]
+    offset = samples.get("energy_offset")
+    offset = np.zeros_like(samples["energy_ref"]) if offset is None else offset
+    x = (samples["energy_ref"] - offset) / samples["n_atoms"]
+    y = (samples["energy_pred"] - offset) / samples["n_atoms"]
     ax.scatter(x, y, s=4, alpha=0.5)
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel("reference energy / atom (eV)")
-    ax.set_ylabel("predicted energy / atom (eV)")
+    ax.set_xlabel("reference energy / atom − atom references (eV)")
+    ax.set_ylabel("predicted energy / atom − atom references (eV)")
     ax.set_title(f"energy, MAE {np.abs(x - y).mean() * 1000:.1f} meV/atom")
     if has_f:
         ax = axes[0, 1]
