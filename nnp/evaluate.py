@@ -40,7 +40,13 @@ def predict_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the model over ``dataset[indices]`` and return metrics (eV, eV/Å) and plot samples."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     dtype = potential.atomref.dtype
     potential = potential.to(device).eval()

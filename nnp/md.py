@@ -78,7 +78,14 @@ def make_dynamics(atoms, md: DictConfig):
 def run(cfg: DictConfig) -> dict[str, Any]:
     import ase.io
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from nnp.calculator import NNPCalculator
     from nnp.potential import Potential

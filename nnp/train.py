@@ -23,7 +23,6 @@ from nnp.errors import NNPError
 from nnp.potential import Potential
 from nnp.report import console, table, write_json
 
-
 # Rank 0 hands its run directory to the processes Lightning launches for the
 # other ranks (they inherit the environment; their Hydra run dir is the cwd).
 _RUN_DIR_ENV = "NNP_RUN_DIR"
@@ -71,7 +70,12 @@ def _split(cfg: dict[str, Any], dataset, run_dir: Path) -> dict[str, np.ndarray]
 
 def build_trainer(cfg: DictConfig, run_dir: Path):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from pytorch_lightning.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)

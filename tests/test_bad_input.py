@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
-
 from conftest import REPO, TINY_TRAIN, assert_clean_error, run_nnp, write_h5_subset
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli")]

@@ -9,7 +9,6 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, finite, run_nnp
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli")]

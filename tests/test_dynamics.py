@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ase import units
 from ase.io import read
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
-from ase import units
-
 from conftest import REPO
+
 from nnp import NNPCalculator, Potential
 from nnp.md import energy_drift
 
