@@ -35,6 +35,7 @@ import torch
 from nnp import keys
 from nnp.errors import NNPError
 from nnp.potential import Potential, _plain
+from nnp.report import console
 
 METADATA_FILE = "nnp_metadata.json"
 EXPORT_FORMAT = "nnp.torchscript"
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """``nnp export ckpt=... output=...``; returns the exit code, raises NNPError on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(USAGE)
+        console.print(USAGE)
         return 0
     args = _parse(argv)
     if not args.get("ckpt"):
@@ -172,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             raise NNPError(f"export: dtype must be float32 or float64, got {dtype_name!r}")
         potential = potential.to(getattr(torch, dtype_name))
     export_potential(potential, output)
-    print(f"wrote {output} (TorchScript; species {potential.species}, cutoff {potential.cutoff} Å)")
+    console.print(f"wrote {output} (TorchScript; species {potential.species}, cutoff {potential.cutoff} Å)")
     if check in ("true", "1", "yes"):
         dtype = potential.atomref.dtype
         de, df = compare(potential, load_exported(output), sample_batch(potential.species, dtype))
         tol = 1e-5 if dtype == torch.float32 else 1e-10
         if de > tol or df > tol:
             raise NNPError(f"export check failed: exported model differs (relative ΔE {de:.1e}, ΔF {df:.1e})")
-        print(f"check: exported model matches the original (relative ΔE {de:.1e}, ΔF {df:.1e})")
+        console.print(f"check: exported model matches the original (relative ΔE {de:.1e}, ΔF {df:.1e})")
     return 0

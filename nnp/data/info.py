@@ -244,7 +244,7 @@ def hdf5_info(
     auto_forces: bool = True,
 ) -> dict:
     """Streaming summary of an ANI-1x-layout file (see module doc). Keys are auto-detected when None."""
-    from nnp.data.hdf5 import (
+    from nnp.data.hdf5_layout import (
         _COORD_KEYS,
         _NUMBER_KEYS,
         _small_attrs,

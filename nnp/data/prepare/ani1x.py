@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from nnp.data.checks import finite_rows
-from nnp.data.hdf5 import describe_group, find_data_groups, open_h5
+from nnp.data.hdf5_layout import describe_group, find_data_groups, open_h5
 from nnp.data.prepare.download import Remote, check_local, fetch
 from nnp.data.progress import console, progress
 from nnp.errors import NNPError
