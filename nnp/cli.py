@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from nnp.errors import NNPError
 
@@ -141,7 +142,7 @@ def _run_hydra(name: str, argv: list[str]) -> int:
         try:
             task(cfg)
         except NNPError as err:
-            console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
             sys.exit(2)
 
     # Hydra reads its overrides from sys.argv. For train, argv[0] is a real script
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(_load(PLAIN_COMMANDS[name])(rest) or 0)
         raise NNPError(f"unknown command {name!r}; commands: {', '.join(list(HYDRA_COMMANDS) + list(PLAIN_COMMANDS))}")
     except NNPError as err:
-        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """``nnp export ckpt=... output=...``; returns the exit code, raises NNPError on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        console.print(USAGE)
+        console.print(USAGE, markup=False, highlight=False)
         return 0
     args = _parse(argv)
     if not args.get("ckpt"):
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             raise NNPError(f"export: dtype must be float32 or float64, got {dtype_name!r}")
         potential = potential.to(getattr(torch, dtype_name))
     export_potential(potential, output)
-    console.print(f"wrote {output} (TorchScript; species {potential.species}, cutoff {potential.cutoff} Å)")
+    console.print(f"wrote {output} (TorchScript; species {potential.species}, cutoff {potential.cutoff} Å)", markup=False)
     if check in ("true", "1", "yes"):
         dtype = potential.atomref.dtype
         de, df = compare(potential, load_exported(output), sample_batch(potential.species, dtype))
