@@ -6,9 +6,10 @@ Each peer gets its own venv so its pins never touch nnp's:
 - ``schnetpack``: schnetpack 2.1.1, the newest release for Python 3.11. Its
   ``sympy<=1.12`` pin makes pip resolve torch down to 2.4.1 (a multi-GB CUDA
   build from PyPI). We try that first, within a time budget; if it fails or
-  times out, we fall back to schnetpack installed without its pins on the
-  same torch 2.13.0 CPU wheel nnp uses (it imports sympy only in its SO(3)
-  module, which SchNet and PaiNN do not use). The result file records which.
+  times out, we try schnetpack without its pins on the torch 2.13.0 CPU wheel
+  nnp uses. (That fallback installs but does not import: 2.1.1 uses
+  ``torch.utils.data.dataloader.T_co``, gone in torch 2.13; the peer is then
+  skipped with that message.) The result file records what ran.
 
 A venv is ready when its stamp file exists; ``--rebuild-envs`` removes them.
 """
@@ -103,6 +104,14 @@ def _fresh_venv(name: str, log) -> list[str]:
     return pip
 
 
+def imports(name: str, module: str, log) -> bool:
+    """Whether ``module`` imports in venv ``name`` (an install can succeed and still not work)."""
+    proc = subprocess.run([str(python_of(name)), "-c", f"import {module}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log(f"  import {module} fails: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return proc.returncode == 0
+
+
 def _finish(name: str, how: str, t0: float) -> dict:
     meta = {"how": how, "versions": _versions(name), "install_s": round(time.time() - t0, 1)}
     _stamp(name).write_text(json.dumps(meta))
@@ -131,21 +140,23 @@ def ensure_schnetpack(log, timeout: float = 2400, allow_resolved: bool = True) -
             f"(resolves to torch 2.4.1 from PyPI, a large download; budget {timeout:.0f} s)"
         )
         pip = _fresh_venv("schnetpack", log)
-        if _run(pip + [SCHNETPACK], log, timeout):
+        if _run(pip + [SCHNETPACK], log, timeout) and imports("schnetpack", "schnetpack", log):
             return _finish("schnetpack", "pip install schnetpack==2.1.1 (pip-resolved torch)", t0)
         log("[setup] the pip-resolved install did not finish; falling back to torch 2.13.0 CPU")
     pip = _fresh_venv("schnetpack", log)
     ok = _run(pip + [TORCH] + SCHNETPACK_DEPS, log, timeout) and _run(
         pip + ["--no-deps", SCHNETPACK], log, 600
     )
-    if not ok:
-        log("[setup] schnetpack could not be installed: skipping that peer")
+    if not (ok and imports("schnetpack", "schnetpack", log)):
+        log("[setup] schnetpack could not be installed in a working state: skipping that peer "
+            "(2.1.1 needs torch < 2.5: on torch 2.13 it fails to import torch.utils.data's T_co)")
         return None
     return _finish("schnetpack", "schnetpack==2.1.1 --no-deps on torch==2.13.0 CPU (sympy pin ignored)", t0)
 
 
+ENSURE = {"torchani": ensure_torchani, "schnetpack": ensure_schnetpack}
+
 if __name__ == "__main__":  # python benchmarks/envs.py [torchani|schnetpack]
-    targets = sys.argv[1:] or ["torchani", "schnetpack"]
+    targets = sys.argv[1:] or list(ENSURE)
     for target in targets:
-        meta = {"torchani": ensure_torchani, "schnetpack": ensure_schnetpack}[target](print)
-        print(target, meta)
+        print(target, ENSURE[target](print))

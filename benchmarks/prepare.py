@@ -103,7 +103,7 @@ def molecular_box(n_atoms: int, seed: int = 0, spacing: float = 4.4) -> dict:
         if total >= n_atoms:
             break
         centre = np.asarray(point, dtype=float) * spacing
-        keys_near = [tuple(p + d - 1 for p, d in zip(point, off)) for off in np.ndindex(3, 3, 3)]
+        keys_near = [tuple(p + d - 1 for p, d in zip(point, off, strict=True)) for off in np.ndindex(3, 3, 3)]
         near = [placed[q] for q in keys_near if q in placed]
         near = np.concatenate(near) if near else np.zeros((0, 3))
         for _ in range(30):

@@ -38,6 +38,8 @@ import prepare  # noqa: E402
 RESULTS = HERE / "results"
 WORKERS = HERE / "workers"
 PEERS = ("torchani", "schnetpack")
+WORKER_OF: dict[str, str] = {}  # framework -> worker script, when a venv reuses another's worker
+SPK = {"schnetpack": [{}]}
 
 
 # ----------------------------------------------------------------- cases
@@ -45,7 +47,6 @@ def cases(quick: bool) -> dict[str, list[dict]]:
     """Each case: name, what is compared, the worker case + params, and the peers run."""
     big = [3000] if quick else [3000, 30000]
     scaling = [100, 300, 1000, 3000, 10000] if quick else [100, 300, 1000, 3000, 10000, 30000, 100000]
-    md_steps = 10 if quick else 20
     out: dict[str, list[dict]] = {"inference": [], "training": [], "md": [], "scaling": []}
     out["inference"].append(
         dict(name="ANI energy+forces, 256 small molecules (CHNO)", case="ani_batch",
@@ -55,7 +56,7 @@ def cases(quick: bool) -> dict[str, list[dict]]:
         out["inference"].append(
             dict(name=f"ANI energy+forces, {n:,}-atom box", case="single_point",
                  params={"system": f"box_{n}"}, peers={"torchani": [{"neighborlist": "cell_list"}]},
-                 inputs=[f"box_{n}"], memory=True)
+                 inputs=[f"box_{n}"], memory=True, repeats=3 if n >= 30000 else None)
         )
     for dataset, batch in (("aspirin", 32), ("chno", 64)):
         out["training"].append(
@@ -67,26 +68,39 @@ def cases(quick: bool) -> dict[str, list[dict]]:
             out["training"].append(
                 dict(name=f"{model_name(model)} training, {dataset} (batch {batch})", case="train",
                      params={"dataset": dataset, "batch_size": batch, "model": model},
-                     peers={"schnetpack": [{}]}, inputs=[dataset], needs_model=model)
+                     peers=SPK, inputs=[dataset], needs_model=model)
             )
-    for system, label in (("aspirin_md", "aspirin (21 atoms)"), ("cu_2000", "Cu fcc, 2,000 atoms, periodic")):
-        for model, peer in (("ani", "torchani"), ("schnet", "schnetpack"), ("painn", "schnetpack")):
-            # both sides get their TorchScript variant too; the faster one counts
-            out["md"].append(
-                dict(name=f"MD {model_name(model)}, {label}", case="md",
-                     params={"system": system, "steps": md_steps, "model": model},
-                     nnp_variants=[{}, {"jit": True}],
-                     peers={peer: [{}, {"jit": True}] if peer == "torchani" else [{}]},
-                     inputs=[system], needs_model=model, rounds=1)
-            )
-    for model, peer in (("ani", "torchani"), ("schnet", "schnetpack")):
+    # (system, model, steps per timed block, blocks, TorchScript variants?)
+    md_plan = [
+        ("aspirin_md", "ani", 50, 5, True), ("aspirin_md", "schnet", 50, 5, True),
+        ("aspirin_md", "painn", 20, 5, True),
+        ("cu_2000", "ani", 5, 3, True), ("cu_2000", "schnet", 3, 3, False), ("cu_2000", "painn", 2, 2, False),
+    ]
+    labels = {"aspirin_md": "aspirin (21 atoms)", "cu_2000": "Cu fcc, 2,000 atoms, periodic"}
+    for system, model, steps, blocks, jit in md_plan:
+        if quick:
+            steps, blocks = max(1, steps // 2), min(blocks, 2)
+        # both sides get their TorchScript variant where it can help; the faster one counts
+        out["md"].append(
+            dict(name=f"MD {model_name(model)}, {labels[system]}", case="md",
+                 params={"system": system, "steps": steps, "model": model},
+                 nnp_variants=[{}, {"jit": True}] if jit else [{}],
+                 peers={"torchani": [{}, {"jit": True}] if jit else [{}]} if model == "ani" else SPK,
+                 inputs=[system], needs_model=model, rounds=1, repeats=blocks)
+        )
+    # SchNet stops at 10^4 atoms (its (pairs x 128) filter tensors need ~10 GB at 10^5);
+    # peers stop at 3x10^4
+    for model, largest in (("ani", 100000), ("schnet", 10000)):
         for n in scaling:
-            peer_runs = {peer: [{"neighborlist": "cell_list"} if peer == "torchani" else {}]} if n <= 30000 else {}
+            if n > largest:
+                continue
+            peer_runs = {"torchani": [{"neighborlist": "cell_list"}]} if model == "ani" else SPK
+            peer_runs = peer_runs if n <= 30000 else {}
             out["scaling"].append(
                 dict(name=f"{model_name(model)} single point, {n:,} atoms", case="single_point",
                      params={"system": f"box_{n}", "model": model}, peers=peer_runs,
                      inputs=[f"box_{n}"], needs_model=model, memory=True, group=model, n_atoms=n,
-                     rounds=1)
+                     rounds=1, repeats=3 if n >= 30000 else None)
             )
     return out
 
@@ -96,10 +110,13 @@ def model_name(model: str) -> str:
 
 
 # ----------------------------------------------------------------- running
-def run_worker(framework: str, case: str, params: dict, args, timeout: float) -> dict:
+def run_worker(framework: str, case: str, params: dict, args, timeout: float,
+               repeats: int | None = None) -> dict:
     python = sys.executable if framework == "nnp" else str(envs.python_of(framework))
-    cmd = [python, str(WORKERS / f"{framework}_worker.py"), case, "--params", json.dumps(params),
-           "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    repeats = min(repeats, args.repeats) if (repeats and args.quick) else (repeats or args.repeats)
+    worker = WORKER_OF.get(framework, framework)
+    cmd = [python, str(WORKERS / f"{worker}_worker.py"), case, "--params", json.dumps(params),
+           "--threads", str(args.threads), "--repeats", str(repeats)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
@@ -148,7 +165,8 @@ def run_case(case: dict, available: dict, args, log) -> dict:
             if fw != "nnp" and fw not in available:
                 raw[key].append({"error": available.get(f"{fw}:why", "not installed")})
                 continue
-            res = run_worker(fw, case["case"], {**case["params"], **variant}, args, args.timeout)
+            res = run_worker(fw, case["case"], {**case["params"], **variant}, args, args.timeout,
+                             case.get("repeats"))
             raw[key].append(res)
             if "error" in res:
                 log(f"    {fw} {variant or ''}: {res['error'][:300]}")
@@ -254,6 +272,7 @@ def print_table(section: str, entries: list[dict], extra: dict | None = None) ->
 
 # ----------------------------------------------------------------- main
 def main(argv=None) -> int:
+    global RESULTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller systems")
     p.add_argument("--only", nargs="*", help="sections: inference training md scaling models data")
@@ -266,7 +285,13 @@ def main(argv=None) -> int:
     p.add_argument("--rebuild-envs", action="store_true", help="recreate the peer venvs")
     p.add_argument("--no-install", action="store_true", help="skip peers whose venv is missing")
     p.add_argument("--compact", action="store_true", help="omit per-repeat times from the JSON")
+    p.add_argument("--report", action="store_true", help="print the tables of the saved results and exit")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
+    RESULTS = args.out.resolve()
+    if args.report:
+        write_summary(show=True)
+        return 0
     args.repeats = args.repeats or (3 if args.quick else 7)
     sections = args.only or ["inference", "training", "md", "scaling", "models", "data"]
 
@@ -279,7 +304,7 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(envs.VENVS, ignore_errors=True)
-        for peer, ensure in (("torchani", envs.ensure_torchani), ("schnetpack", envs.ensure_schnetpack)):
+        for peer, ensure in envs.ENSURE.items():
             meta = envs.info(peer) or (None if args.no_install else ensure(log))
             if meta:
                 available[peer] = meta
@@ -336,9 +361,44 @@ def main(argv=None) -> int:
         (RESULTS / f"{section}.json").write_text(json.dumps(payload, indent=1))
         print_table(section, entries, extra)
         summary[section] = [{"name": e["name"], "ratio": e["ratio"]} for e in entries]
-    (RESULTS / "summary.json").write_text(json.dumps({"machine": info, "sections": summary}, indent=1))
-    log(f"results in {RESULTS.relative_to(ROOT)}/")
+    write_summary(summary)
+    log(f"results in {RESULTS}/")
     return 0
+
+
+def write_summary(extra: dict | None = None, show: bool = False) -> dict:
+    """summary.json from every section file present (so a partial rerun keeps the rest)."""
+    out: dict = {"sections": {}}
+    for section in ("inference", "training", "md", "scaling"):
+        path = RESULTS / f"{section}.json"
+        if not path.is_file():
+            continue
+        payload = json.loads(path.read_text())
+        out["sections"][section] = {
+            "machine": {k: payload["machine"].get(k) for k in ("date", "commit", "threads", "load_avg_start",
+                                                                 "load_avg_end")},
+            "entries": [
+                {"name": e["name"],
+                 "nnp": e["best"]["nnp"].get("items_per_s"),
+                 "peers": {fw: r.get("items_per_s") for fw, r in e["best"].items() if fw != "nnp"},
+                 "unit": e["best"]["nnp"].get("unit") or "steps/s",
+                 "ratio": e["ratio"]}
+                for e in payload["entries"]
+            ],
+        }
+        if "fits" in payload:
+            out["sections"][section]["fits"] = {k: v["exponent"] for k, v in payload["fits"].items()}
+        if show:
+            extra_line = None
+            if "fits" in payload:
+                extra_line = "fitted exponent t ~ N^k (N >= 1,000): " + ", ".join(
+                    f"{k} k={v['exponent']:.2f}" for k, v in payload["fits"].items())
+            print_table(section, payload["entries"], extra_line)
+    for key, value in (extra or {}).items():
+        if key in ("models", "data"):
+            out["sections"][key] = value
+    (RESULTS / "summary.json").write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def _run(structures: list[Atoms], cutoff: float = CUTOFF, dtype=torch.float64) -
         assert float(vec.norm(dim=1).max()) < cutoff
         assert bool((idx_m[pairs[0]] == idx_m[pairs[1]]).all()), "pair crosses structures"
     triples = {
-        (int(i), int(j), *map(int, s)) for (i, j), s in zip(pairs.t().tolist(), images.tolist())
+        (int(i), int(j), *map(int, s)) for (i, j), s in zip(pairs.t().tolist(), images.tolist(), strict=True)
     }
     assert len(triples) == pairs.shape[1], "duplicate pairs"
     return triples
@@ -84,7 +84,7 @@ def _naive(structures: list[Atoms], cutoff: float = CUTOFF) -> set[tuple]:
             close = np.linalg.norm(d, axis=-1) < cutoff
             if s == (0, 0, 0):
                 np.fill_diagonal(close, False)
-            for i, j in zip(*np.nonzero(close)):
+            for i, j in zip(*np.nonzero(close), strict=True):
                 out.add((start + int(i), start + int(j), *s))
         start += n
     return out
@@ -95,7 +95,7 @@ def _ase(structures: list[Atoms], cutoff: float = CUTOFF) -> set[tuple]:
     start = 0
     for atoms in structures:
         i, j, s = ase_neighbor_list("ijS", atoms, cutoff)
-        out.update((start + int(a), start + int(b), *map(int, c)) for a, b, c in zip(i, j, s))
+        out.update((start + int(a), start + int(b), *map(int, c)) for a, b, c in zip(i, j, s, strict=True))
         start += len(atoms)
     return out
 

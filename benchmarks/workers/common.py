@@ -77,7 +77,11 @@ def reset_peak_rss() -> bool:
 
 
 def peak_memory(fn: Callable[[], object]) -> dict:
-    """Peak resident memory while ``fn`` runs, absolute and above the RSS before it (MB)."""
+    """Peak resident memory while ``fn`` runs, absolute and above the RSS before it (MB).
+
+    Call it first in a fresh process: memory freed by earlier calls can stay
+    resident (malloc's heap) and would hide the peak.
+    """
     import gc
 
     gc.collect()
@@ -102,7 +106,7 @@ def split_structures(data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]
     out = []
     ends = np.cumsum(data["n_atoms"])
     starts = ends - data["n_atoms"]
-    for m, (a, b) in enumerate(zip(starts, ends)):
+    for m, (a, b) in enumerate(zip(starts, ends, strict=True)):
         s = {"Z": data["Z"][a:b], "R": data["R"][a:b]}
         if "energy" in data:
             s["energy"] = float(data["energy"][m])

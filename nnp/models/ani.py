@@ -18,7 +18,7 @@ from torch import nn
 
 from nnp import keys
 from nnp.models.base import AtomisticModel
-from nnp.nn import CosineCutoff, ElementwiseMLP, scatter_sum
+from nnp.nn import CosineCutoff, ElementwiseMLP
 
 
 def _default_shifts(start: float, stop: float, n: int) -> list[float]:
