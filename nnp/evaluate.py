@@ -134,6 +134,16 @@ def print_metrics(metrics: Mapping[str, Any], title: str) -> None:
     console.print(table(f"{title} ({metrics['n_structures']} structures, {metrics['n_atoms']} atoms)", ["metric", "eV", "meV", "kcal/mol"], rows))
 
 
+def _parity_panel(ax, ref: np.ndarray, pred: np.ndarray, quantity: str, name: str, mae_unit: str, size: float) -> None:
+    """Scatter of predicted vs reference with the diagonal and the MAE (values in eV units)."""
+    ax.scatter(ref, pred, s=size, alpha=0.4)
+    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel(f"reference {quantity}")
+    ax.set_ylabel(f"predicted {quantity}")
+    ax.set_title(f"{name}, MAE {np.abs(ref - pred).mean() * 1000:.1f} {mae_unit}")
+
+
 def parity_plot(samples: Mapping[str, Any], path: str | Path, title: str = "") -> None:
     """Predicted vs reference energy per atom and force components, as a PNG."""
     import matplotlib
@@ -143,26 +153,13 @@ def parity_plot(samples: Mapping[str, Any], path: str | Path, title: str = "") -
 
     has_f = samples.get("forces_pred") is not None
     fig, axes = plt.subplots(1, 2 if has_f else 1, figsize=(10 if has_f else 5, 4.6), squeeze=False)
-    ax = axes[0, 0]
     offset = samples.get("energy_offset")
     offset = np.zeros_like(samples["energy_ref"]) if offset is None else offset
     x = (samples["energy_ref"] - offset) / samples["n_atoms"]
     y = (samples["energy_pred"] - offset) / samples["n_atoms"]
-    ax.scatter(x, y, s=4, alpha=0.5)
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel("reference energy / atom − atom references (eV)")
-    ax.set_ylabel("predicted energy / atom − atom references (eV)")
-    ax.set_title(f"energy, MAE {np.abs(x - y).mean() * 1000:.1f} meV/atom")
+    _parity_panel(axes[0, 0], x, y, "energy / atom − atom references (eV)", "energy", "meV/atom", size=4)
     if has_f:
-        ax = axes[0, 1]
-        fx, fy = samples["forces_ref"], samples["forces_pred"]
-        ax.scatter(fx, fy, s=2, alpha=0.3)
-        lo, hi = float(min(fx.min(), fy.min())), float(max(fx.max(), fy.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel("reference force component (eV/Å)")
-        ax.set_ylabel("predicted force component (eV/Å)")
-        ax.set_title(f"forces, MAE {np.abs(fx - fy).mean() * 1000:.1f} meV/Å")
+        _parity_panel(axes[0, 1], samples["forces_ref"], samples["forces_pred"], "force component (eV/Å)", "forces", "meV/Å", size=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
