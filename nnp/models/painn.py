@@ -22,7 +22,14 @@ from torch import nn
 
 from nnp import keys
 from nnp.models.base import AtomisticModel
-from nnp.nn import build_activation, build_cutoff, build_mlp, build_radial_basis, scatter_sum
+from nnp.nn import (
+    build_activation,
+    build_cutoff,
+    build_mlp,
+    build_radial_basis,
+    pair_halves,
+    scatter_sum,
+)
 
 
 class PaiNNLayer(nn.Module):
@@ -42,19 +49,32 @@ class PaiNNLayer(nn.Module):
         self,
         s: torch.Tensor,
         v: torch.Tensor,
-        rbf: torch.Tensor,
-        fcut: torch.Tensor,
+        radial: torch.Tensor,
         unit: torch.Tensor,
         i: torch.Tensor,
         j: torch.Tensor,
+        v_is_zero: bool = False,
     ):
-        """s: (N, F); v: (N, 3, F); rbf: (P, n_rbf); fcut: (P,); unit: (P, 3) r_ij/|r_ij|."""
+        """s: (N, F); v: (N, 3, F); radial: (P', n_rbf + 1) [rbf * fcut, fcut];
+        unit: (P, 3) r_ij/|r_ij|. P' is P, or P / 2 when pairs are ordered as
+        [half; reversed half] (:func:`nnp.nn.pair_halves`): the filter, a function
+        of distance only, is then evaluated once per undirected pair.
+        ``v_is_zero``: v is all zeros (first layer), so its message term vanishes."""
         n_atoms = s.shape[0]
         f = self.n_features
         # --- message
-        x = self.phi(s).index_select(0, j) * (self.filter(rbf) * fcut[:, None])  # (P, 3F)
+        # filter(rbf) * fcut as one product: [rbf fcut, fcut] @ [W; b]^T.
+        weight = torch.cat([self.filter.weight, self.filter.bias[:, None]], 1)
+        w = torch.mm(radial, weight.t())  # (P', 3F)
+        phi = self.phi(s).index_select(0, j)  # (P, 3F)
+        if w.shape[0] == phi.shape[0]:
+            x = phi * w
+        else:
+            x = (phi.view(2, w.shape[0], w.shape[1]) * w[None]).view(phi.shape)
         x_s, x_vv, x_vs = torch.split(x, f, dim=-1)
-        dv = v.index_select(0, j) * x_vv[:, None, :] + unit[:, :, None] * x_vs[:, None, :]  # (P, 3, F)
+        dv = unit[:, :, None] * x_vs[:, None, :]  # (P, 3, F)
+        if not v_is_zero:
+            dv = dv + v.index_select(0, j) * x_vv[:, None, :]
         s = s + scatter_sum(x_s, i, n_atoms)
         v = v + scatter_sum(dv, i, n_atoms)
         # --- update
@@ -101,11 +121,18 @@ class PaiNN(AtomisticModel):
         i, j = pairs[0], pairs[1]
         vectors = inputs[keys.PAIR_VECTORS]
         distances = inputs[keys.PAIR_DISTANCES]
-        rbf = self.radial(distances)
-        fcut = self.cutoff_fn(distances)
         unit = vectors / distances[:, None]
+        perm = pair_halves(i, j, vectors, species.shape[0])
+        if perm is not None:
+            # Radial filters on one direction of each pair only (same distance both ways).
+            i, j, unit = i.index_select(0, perm), j.index_select(0, perm), unit.index_select(0, perm)
+            distances = distances.index_select(0, perm[: perm.shape[0] // 2])
+        fcut = self.cutoff_fn(distances)[:, None]
+        radial = torch.cat([self.radial(distances) * fcut, fcut], 1)  # (P', n_rbf + 1)
         s = self.embedding(species)
         v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
+        first = True
         for layer in self.layers:
-            s, v = layer(s, v, rbf, fcut, unit, i, j)
+            s, v = layer(s, v, radial, unit, i, j, first)
+            first = False
         return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1)}

@@ -18,7 +18,14 @@ from torch import nn
 
 from nnp import keys
 from nnp.models.base import AtomisticModel
-from nnp.nn import build_activation, build_cutoff, build_mlp, build_radial_basis, scatter_sum
+from nnp.nn import (
+    build_activation,
+    build_cutoff,
+    build_mlp,
+    build_radial_basis,
+    pair_halves,
+    scatter_sum,
+)
 
 
 class SchNetInteraction(nn.Module):
@@ -37,9 +44,18 @@ class SchNetInteraction(nn.Module):
     def forward(
         self, x: torch.Tensor, rbf: torch.Tensor, fcut: torch.Tensor, i: torch.Tensor, j: torch.Tensor
     ) -> torch.Tensor:
-        """x: (N, F); rbf: (P, n_rbf); fcut: (P,); i, j: (P,) -> update (N, F)."""
-        w = self.filter_net(rbf) * fcut[:, None]  # (P, n_filters)
-        messages = self.in2f(x).index_select(0, j) * w
+        """x: (N, F); rbf: (P', n_rbf); fcut: (P',); i, j: (P,) -> update (N, F).
+
+        P' is P, or P / 2 when the pairs are ordered as [half; reversed half]
+        (see :func:`nnp.nn.pair_halves`): W(r_ij) = W(r_ji) is then evaluated
+        once per undirected pair and shared by both directions.
+        """
+        w = self.filter_net(rbf) * fcut[:, None]  # (P', n_filters)
+        h = self.in2f(x).index_select(0, j)  # (P, n_filters)
+        if w.shape[0] == h.shape[0]:
+            messages = h * w
+        else:
+            messages = (h.view(2, w.shape[0], w.shape[1]) * w[None]).view(h.shape)
         return self.f2out(scatter_sum(messages, i, x.shape[0]))
 
 
@@ -79,6 +95,11 @@ class SchNet(AtomisticModel):
         pairs = inputs[keys.PAIRS]
         i, j = pairs[0], pairs[1]
         distances = inputs[keys.PAIR_DISTANCES]
+        perm = pair_halves(i, j, inputs[keys.PAIR_VECTORS], species.shape[0])
+        if perm is not None:
+            # Filters on one direction of each pair only (same distance both ways).
+            i, j = i.index_select(0, perm), j.index_select(0, perm)
+            distances = distances.index_select(0, perm[: perm.shape[0] // 2])
         rbf = self.radial(distances)
         fcut = self.cutoff_fn(distances)
         x = self.embedding(species)

@@ -12,3 +12,33 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     """
     out = torch.zeros((dim_size,) + src.shape[1:], dtype=src.dtype, device=src.device)
     return out.index_add(0, index, src)
+
+
+def pair_halves(i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, n_atoms: int) -> torch.Tensor | None:
+    """Order pairs as [canonical half; their reverses] when that is provably possible.
+
+    Returns ``perm`` (P,) such that pairs ``perm[:H]`` have i < j and pair
+    ``perm[H + k]`` is the reverse of pair ``perm[k]`` (indices swapped and
+    vector exactly negated, hence the same geometric pair, same image), or
+    ``None`` when the list is not of that form (e.g. several images of one
+    (i, j), as in small periodic cells): callers then use all pairs.
+    Any function of the distance alone is then the same for ``perm[k]`` and
+    ``perm[H + k]`` and need only be evaluated on the first half.
+    """
+    n_pairs = i.shape[0]
+    if n_pairs == 0 or n_pairs % 2 == 1:
+        return None
+    key = i * n_atoms + j
+    sorted_key, order = torch.sort(key)
+    if bool((sorted_key[1:] == sorted_key[:-1]).any()):
+        return None  # one (i, j) with several images
+    rev = j * n_atoms + i
+    pos = torch.searchsorted(sorted_key, rev).clamp(max=n_pairs - 1)
+    if not bool((sorted_key[pos] == rev).all()):
+        return None
+    partner = order[pos]
+    vec = vectors.detach()
+    if not bool((vec.index_select(0, partner) == -vec).all()):
+        return None
+    half = torch.nonzero(i < j).flatten()
+    return torch.cat([half, partner.index_select(0, half)])
