@@ -27,7 +27,7 @@ from nnp.nn import (
     build_cutoff,
     build_mlp,
     build_radial_basis,
-    pair_halves,
+    halve_pairs,
     scatter_sum,
 )
 
@@ -122,11 +122,9 @@ class PaiNN(AtomisticModel):
         vectors = inputs[keys.PAIR_VECTORS]
         distances = inputs[keys.PAIR_DISTANCES]
         unit = vectors / distances[:, None]
-        perm = pair_halves(i, j, vectors, species.shape[0])
+        i, j, distances, perm = halve_pairs(i, j, vectors, distances, species.shape[0])
         if perm is not None:
-            # Radial filters on one direction of each pair only (same distance both ways).
-            i, j, unit = i.index_select(0, perm), j.index_select(0, perm), unit.index_select(0, perm)
-            distances = distances.index_select(0, perm[: perm.shape[0] // 2])
+            unit = unit.index_select(0, perm)
         fcut = self.cutoff_fn(distances)[:, None]
         radial = torch.cat([self.radial(distances) * fcut, fcut], 1)  # (P', n_rbf + 1)
         s = self.embedding(species)

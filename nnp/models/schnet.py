@@ -23,7 +23,7 @@ from nnp.nn import (
     build_cutoff,
     build_mlp,
     build_radial_basis,
-    pair_halves,
+    halve_pairs,
     scatter_sum,
 )
 
@@ -95,11 +95,7 @@ class SchNet(AtomisticModel):
         pairs = inputs[keys.PAIRS]
         i, j = pairs[0], pairs[1]
         distances = inputs[keys.PAIR_DISTANCES]
-        perm = pair_halves(i, j, inputs[keys.PAIR_VECTORS], species.shape[0])
-        if perm is not None:
-            # Filters on one direction of each pair only (same distance both ways).
-            i, j = i.index_select(0, perm), j.index_select(0, perm)
-            distances = distances.index_select(0, perm[: perm.shape[0] // 2])
+        i, j, distances, _ = halve_pairs(i, j, inputs[keys.PAIR_VECTORS], distances, species.shape[0])
         rbf = self.radial(distances)
         fcut = self.cutoff_fn(distances)
         x = self.embedding(species)

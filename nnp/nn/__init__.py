@@ -3,7 +3,7 @@
 from nnp.nn.cutoff import CosineCutoff, PolynomialCutoff, build_cutoff
 from nnp.nn.mlp import ElementwiseMLP, ShiftedSoftplus, build_activation, build_mlp
 from nnp.nn.radial import BesselRBF, GaussianRBF, InverseGaussianRBF, build_radial_basis
-from nnp.nn.scatter import pair_halves, scatter_sum
+from nnp.nn.scatter import halve_pairs, pair_halves, scatter_sum
 
 __all__ = [
     "CosineCutoff",
@@ -14,6 +14,7 @@ __all__ = [
     "InverseGaussianRBF",
     "build_radial_basis",
     "scatter_sum",
+    "halve_pairs",
     "pair_halves",
     "ElementwiseMLP",
     "build_mlp",

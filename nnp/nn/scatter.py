@@ -42,3 +42,19 @@ def pair_halves(i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, n_atoms
         return None
     half = torch.nonzero(i < j).flatten()
     return torch.cat([half, partner.index_select(0, half)])
+
+
+def halve_pairs(
+    i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor, n_atoms: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Pairs reordered by :func:`pair_halves` for models whose filters depend on distance only.
+
+    Returns (i, j, distances, perm): i, j (P,) in [half; reversed half] order and
+    distances (P/2,) of the first half, so a radial filter W(r) is evaluated once
+    per pair and shared by both directions. Without a valid halving: the inputs
+    unchanged and perm None (filters then run on all P pairs).
+    """
+    perm = pair_halves(i, j, vectors, n_atoms)
+    if perm is None:
+        return i, j, distances, None
+    return i.index_select(0, perm), j.index_select(0, perm), distances.index_select(0, perm[: perm.shape[0] // 2]), perm
