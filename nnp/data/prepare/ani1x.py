@@ -22,7 +22,7 @@ import numpy as np
 
 from nnp.data.checks import finite_rows
 from nnp.data.hdf5_layout import describe_group, find_data_groups, open_h5
-from nnp.data.prepare.download import Remote, check_local, fetch
+from nnp.data.prepare.download import Remote, check_local, fetch, output_path
 from nnp.data.progress import console, progress
 from nnp.errors import NNPError
 
@@ -118,10 +118,7 @@ def prepare_ani1x(
     overwrite: bool = False,
 ) -> dict:
     """``nnp data prepare ani1x``: download (or take ``source``), verify, convert to ``out``."""
-    out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise NNPError(f"{out_path} exists; pass overwrite=true to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = output_path(out, overwrite)
     if source:
         src = Path(source)
         digests = check_local(src, RELEASE)

@@ -110,3 +110,12 @@ def fetch(remote: Remote, directory: Path, url: str | None = None) -> tuple[Path
     if not (remote.md5 or remote.sha256):
         console.print(f"{remote.filename}: no published checksum; sha256 {digests['sha256']} (record it)")
     return dest, digests
+
+
+def output_path(out: str, overwrite: bool) -> Path:
+    """The converter's output file: refused if it exists (unless ``overwrite``); its folder created."""
+    out_path = Path(out)
+    if out_path.exists() and not overwrite:
+        raise NNPError(f"{out_path} exists; pass overwrite=true to replace it")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return out_path

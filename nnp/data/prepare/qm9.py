@@ -39,7 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from nnp.data.prepare.download import Remote, check_local, fetch
+from nnp.data.prepare.download import Remote, check_local, fetch, output_path
 from nnp.data.progress import console, progress
 from nnp.errors import NNPError
 from nnp.units import energy_factor
@@ -246,10 +246,7 @@ def prepare_qm9(
     overwrite: bool = False,
 ) -> dict:
     """``nnp data prepare qm9``: download (or take ``source``), verify, convert to ``out``."""
-    out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise NNPError(f"{out_path} exists; pass overwrite=true to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = output_path(out, overwrite)
     where = Path(download_dir) if download_dir else out_path.parent
     if source:
         src = Path(source)
