@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install test test-fast fuzz demo bench lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -x
+
+# The data readers' fuzz tests with FUZZ_EXAMPLES random cases per test (`make test` runs a fixed ~700).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	NNP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) NNP=$(BIN)/nnp PYTHON=$(BIN)/python bash scripts/demo.sh

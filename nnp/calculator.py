@@ -1,69 +1,82 @@
-"""ASE calculator backed by a saved nnp model.
+"""ASE calculator backed by a saved nnp model or committee.
 
     from nnp import NNPCalculator
     atoms.calc = NNPCalculator("run/model.pt")
+    atoms.calc = NNPCalculator(["a.pt", "b.pt", "c.pt"])   # a committee
+    atoms.calc = NNPCalculator("committee.pt")
 
 Energies in eV, forces in eV/Å, stress in eV/Å^3 (ASE conventions), as the
-model file states its units.
+model file states its units. A committee gives the members' mean and, in
+``results``, ``energy_std`` (eV), ``forces_std`` (n,) eV/Å (per atom, the RMS
+deviation of the members' force vectors from the mean) and ``max_forces_std``
+(eV/Å).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from nnp import keys
+from nnp.committee import Committee, load_model
 from nnp.data.collate import atoms_to_sample, collate
+from nnp.inference import batch_to, model_dtype, run_batch  # noqa: F401  (batch_to: re-exported)
 from nnp.potential import Potential
 
 
-def batch_to(batch: dict[str, torch.Tensor], device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device``; floating tensors to ``dtype``."""
-    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
-
-
 class NNPCalculator(Calculator):
-    """ASE calculator: energy, free_energy, forces, energies (per atom), stress (periodic cells)."""
+    """ASE calculator: energy, free_energy, forces, energies (per atom), stress (periodic cells),
+    and for committees energy_std, forces_std, max_forces_std."""
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+    implemented_properties = [
+        "energy", "free_energy", "forces", "energies", "stress", "energy_std", "forces_std", "max_forces_std",
+    ]
 
     def __init__(
         self,
-        model: str | os.PathLike | Potential,
+        model: str | os.PathLike | Sequence[str | os.PathLike] | Potential | Committee,
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         jit: bool = False,
         **kwargs,
     ):
-        """``jit``: run the potential as TorchScript (less per-call overhead: about
-        20% faster MD steps for molecules of tens of atoms; no gain for large cells)."""
+        """``model``: a model or committee file, a list of model files, or a loaded model.
+        ``jit``: run as TorchScript (less per-call overhead: about 20% faster MD
+        steps for molecules of tens of atoms; no gain for large cells)."""
         super().__init__(**kwargs)
-        potential = model if isinstance(model, Potential) else Potential.load(model, map_location=device)
+        potential = model if isinstance(model, torch.nn.Module) else load_model(model, map_location=device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if dtype is not None:
             potential = potential.to(dtype)
         self.potential = potential.to(device).eval()
         self.device = torch.device(device)
-        self.dtype = self.potential.atomref.dtype
+        self.dtype = model_dtype(self.potential)
+        self.is_committee = isinstance(self.potential, Committee)
         if jit:
             self.potential = torch.jit.script(self.potential)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        batch = batch_to(collate([atoms_to_sample(self.atoms)]), self.device, self.dtype)
+        batch = collate([atoms_to_sample(self.atoms)])
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
-        out = self.potential(batch, compute_forces=True, compute_stress=want_stress)
-        energy = float(out[keys.ENERGY][0].detach())
+        out = run_batch(self.potential, batch, self.device, forces=True, stress=want_stress)
+        energy = float(out[keys.ENERGY][0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": out[keys.FORCES].detach().cpu().double().numpy(),
-            "energies": out[keys.ATOMIC_ENERGY].detach().cpu().double().numpy(),
+            "forces": out[keys.FORCES].double().numpy(),
+            "energies": out[keys.ATOMIC_ENERGY].double().numpy(),
         }
+        if keys.ENERGY_STD in out:
+            self.results["energy_std"] = float(out[keys.ENERGY_STD][0])
+        if keys.FORCES_STD in out:
+            self.results["forces_std"] = out[keys.FORCES_STD].double().numpy()
+            self.results["max_forces_std"] = float(out[keys.MAX_FORCES_STD][0])
         if want_stress:
             from ase.stress import full_3x3_to_voigt_6_stress
 
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].detach().cpu().double().numpy())
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS][0].double().numpy())

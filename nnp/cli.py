@@ -1,15 +1,16 @@
 """The ``nnp`` command: thin dispatch to subcommands.
 
-Config-driven subcommands (train, evaluate, predict, md, export) are Hydra
-apps: ``nnp train model=ani trainer.max_epochs=10``. Overrides are composed
-once up front so that a typo gives one clear line instead of a traceback;
-then Hydra runs the job (run directories, multirun ``-m``, launchers).
+Config-driven subcommands (train, evaluate, predict, md) are Hydra apps:
+``nnp train model=ani trainer.max_epochs=10``. The config is composed once up
+front and checked against the schema (:mod:`nnp.config`), so that a typo or a
+value out of range gives one clear line instead of a traceback; then Hydra
+runs the job (run directories, multirun ``-m``, launchers), and each job is
+checked again before its task runs.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,11 @@ HYDRA_COMMANDS: dict[str, str] = {
     "md": "nnp.md:run",
 }
 #: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
-PLAIN_COMMANDS: dict[str, str] = {"export": "nnp.export:main", "data": "nnp.data.cli:main"}
+PLAIN_COMMANDS: dict[str, str] = {
+    "export": "nnp.export:main",
+    "data": "nnp.data.cli:main",
+    "ensemble": "nnp.ensemble:main",
+}
 
 HELP = {
     "train": "train a potential on a dataset (writes a run directory with model.pt)",
@@ -37,6 +42,7 @@ HELP = {
     "predict": "energies and forces for every structure of a file",
     "md": "molecular dynamics with a model (ASE integrators)",
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
+    "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 
@@ -74,59 +80,22 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _explain_config_error(err: BaseException) -> str:
-    msg = _one_line(str(err))
-    cause = err.__cause__
-    m = re.search(r"Could not override '([^']+)'", msg)
-    if m and cause is not None and "not in struct" in str(cause):
-        key = m.group(1)
-        return f"config error: '{key}' is not a config key (a typo? use '+{key}=...' to add a new key)"
-    if m and cause is not None:
-        return f"config error: cannot set '{m.group(1)}': {_one_line(str(cause)).split(' full_key')[0]}"
-    m = re.search(r"Could not find '([^']+)/([^']+)'", msg)
-    if m:
-        opts = re.findall(r"Available options in '[^']+': (.*)", msg)
-        avail = f" (available: {', '.join(opts[0].split())})" if opts else ""
-        return f"config error: no config '{m.group(2)}' in group '{m.group(1)}'{avail}"
-    if cause is not None:
-        msg = f"{msg}: {_one_line(str(cause)).split(' full_key')[0]}"
-    return f"config error: {msg}"
-
-
 def validate_overrides(name: str, argv: list[str]) -> None:
-    """Compose the config with the user's overrides; raise NNPError on any problem."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Compose the config with the user's overrides (each job of a ``-m`` sweep) and
+    check it against the schema (:mod:`nnp.config`); raise NNPError, one line, on any problem."""
+    from nnp.config.compose import check_command_line
 
-    overrides, extra_dirs, it = [], [], iter(argv)
-    for arg in it:
-        if arg in ("--config-dir", "-cd"):
-            extra_dirs.append(next(it, ""))
-        elif arg.startswith("--config-dir="):
-            extra_dirs.append(arg.split("=", 1)[1])
-        elif arg.startswith("-"):
-            return  # Hydra flags (--help, -m, --cfg ...): let Hydra handle them
-        else:
-            overrides.append(arg)
-    for d in extra_dirs:
-        if not Path(d).is_dir():
-            raise NNPError(f"{d}: config folder not found")
-    if extra_dirs:
-        paths = ",".join(f"file://{Path(d).resolve()}" for d in extra_dirs)
-        overrides = [f"hydra.searchpath=[{paths}]"] + overrides
     register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name=name):
-            compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    except Exception as err:  # Hydra/OmegaConf raise many types; all are config errors here
-        raise NNPError(_explain_config_error(err)) from None
-    finally:
-        GlobalHydra.instance().clear()
+    check_command_line(name, argv, config_dir())
+
+
+def _quiet_libraries() -> None:
+    """Library chatter a user need not see: matplotlib logs "generated new fontManager"
+    (INFO, shown under Hydra's job logging) and "building the font cache" once per machine,
+    when a library imports it (Lightning does, before nnp can set anything else)."""
+    import logging
+
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
 
 def _run_hydra(name: str, argv: list[str]) -> int:
@@ -134,16 +103,21 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     from omegaconf import DictConfig
 
     validate_overrides(name, argv)
+    _quiet_libraries()
     register_resolvers()
     task = _load(HYDRA_COMMANDS[name])
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name=name)
     def app(cfg: DictConfig) -> None:
+        from nnp.config.compose import check_job
+
         try:
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # other DDP ranks rerun the config rank 0 checked
+                check_job(name, cfg)  # each job of a sweep, just before its task
             task(cfg)
         except NNPError as err:
             console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            sys.exit(2)
+            sys.exit(err.exit_code)
 
     # Hydra reads its overrides from sys.argv. For train, argv[0] is a real script
     # that Lightning can re-launch for the other ranks of a multi-device run.
@@ -195,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         raise NNPError(f"unknown command {name!r}; commands: {', '.join(list(HYDRA_COMMANDS) + list(PLAIN_COMMANDS))}")
     except NNPError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130

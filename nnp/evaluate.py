@@ -18,12 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nnp import keys
-from nnp.calculator import batch_to
-from nnp.data import collate, open_dataset
+from nnp.committee import Committee, load_model, model_paths
+from nnp.data import open_dataset
 from nnp.data.datasets import AtomsDataset
 from nnp.data.splits import load_split
 from nnp.errors import NNPError
-from nnp.potential import Potential
+from nnp.inference import dataset_fetch, run_batches
+from nnp.outputs import atomic_path, check_writable
 from nnp.report import console, table, write_json
 from nnp.units import EV_TO_KCAL_MOL
 
@@ -32,61 +33,55 @@ _PLOT_POINTS = 100_000
 
 
 def predict_dataset(
-    potential: Potential,
+    potential,
     dataset: AtomsDataset,
     indices: np.ndarray,
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the model over ``dataset[indices]`` and return metrics (eV, eV/Å) and plot samples."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    """Run a model or committee over ``dataset[indices]``: metrics (eV, eV/Å) and plot samples.
 
-    dtype = potential.atomref.dtype
-    potential = potential.to(device).eval()
+    With a committee, ``samples`` also holds the predicted spreads beside the
+    errors (``energy_std``/``energy_error`` per structure, ``forces_std``/
+    ``forces_error`` per atom, the error being the norm of the force error vector)
+    for :func:`uncertainty_report`.
+    """
+    atomref = potential.atomref.detach().double().cpu()
     e_pred, e_ref, n_at, e_offset = [], [], [], []
     f_abs = f_sq = 0.0
     f_count = 0
     f_pred_keep, f_ref_keep = [], []
+    e_std, f_std, f_err = [], [], []
     layer_sum = None
-    with Progress(
-        TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not progress, transient=True,
-    ) as bar:
-        task = bar.add_task("eval", total=len(indices))
-        for start in range(0, len(indices), batch_size):
-            idx = indices[start : start + batch_size]
-            batch = batch_to(collate([dataset[int(i)] for i in idx]), device, dtype)
-            has_f = keys.FORCES in batch
-            out = potential(batch, compute_forces=has_f)
-            e_pred.append(out[keys.ENERGY].detach().double().cpu().numpy())
-            e_ref.append(batch[keys.ENERGY].double().cpu().numpy())
-            n_at.append(batch[keys.N_ATOMS].cpu().numpy())
-            # sum of atom reference energies, so the plot shows what the network learns
-            offset = torch.zeros(len(idx), dtype=torch.float64).index_add(
-                0, batch[keys.IDX_M].cpu(), potential.atomref[potential.species_of(batch[keys.Z])].double().cpu()
-            )
-            e_offset.append(offset.numpy())
-            if keys.LAYER_ENERGY in out:
-                ls = out[keys.LAYER_ENERGY].detach().double().sum(0).cpu().numpy()
-                layer_sum = ls if layer_sum is None else layer_sum + ls
-            if has_f:
-                fp = out[keys.FORCES].detach().double().cpu().numpy()
-                fr = batch[keys.FORCES].double().cpu().numpy()
-                d = fp - fr
-                f_abs += float(np.abs(d).sum())
-                f_sq += float((d**2).sum())
-                f_count += d.size
-                if sum(len(x) for x in f_pred_keep) < _PLOT_POINTS:
-                    f_pred_keep.append(fp.ravel())
-                    f_ref_keep.append(fr.ravel())
-            bar.advance(task, len(idx))
+    fetch = dataset_fetch(dataset, indices)
+    for batch, out in run_batches(potential, fetch, len(indices), batch_size, device, forces=None, progress="evaluating" if progress else None):
+        e_pred.append(out[keys.ENERGY].double().numpy())
+        e_ref.append(batch[keys.ENERGY].double().numpy())
+        n_at.append(batch[keys.N_ATOMS].numpy())
+        # sum of atom reference energies, so the plot shows what the network learns
+        offset = torch.zeros(len(n_at[-1]), dtype=torch.float64).index_add(
+            0, batch[keys.IDX_M], atomref[potential.species_of(batch[keys.Z]).cpu()]
+        )
+        e_offset.append(offset.numpy())
+        if keys.ENERGY_STD in out:
+            e_std.append(out[keys.ENERGY_STD].double().numpy())
+        if keys.LAYER_ENERGY in out:
+            ls = out[keys.LAYER_ENERGY].double().sum(0).numpy()
+            layer_sum = ls if layer_sum is None else layer_sum + ls
+        if keys.FORCES in batch and keys.FORCES in out:
+            fp = out[keys.FORCES].double().numpy()
+            fr = batch[keys.FORCES].double().numpy()
+            d = fp - fr
+            f_abs += float(np.abs(d).sum())
+            f_sq += float((d**2).sum())
+            f_count += d.size
+            if keys.FORCES_STD in out:
+                f_std.append(out[keys.FORCES_STD].double().numpy())
+                f_err.append(d)
+            if sum(len(x) for x in f_pred_keep) < _PLOT_POINTS:
+                f_pred_keep.append(fp.ravel())
+                f_ref_keep.append(fr.ravel())
     ep, er, na = np.concatenate(e_pred), np.concatenate(e_ref), np.concatenate(n_at)
     de = ep - er
     metrics: dict[str, Any] = {
@@ -110,7 +105,37 @@ def predict_dataset(
         "forces_pred": np.concatenate(f_pred_keep) if f_pred_keep else None,
         "forces_ref": np.concatenate(f_ref_keep) if f_ref_keep else None,
     }
+    if e_std:
+        samples.update(energy_std=np.concatenate(e_std), energy_error=de)
+    if f_std:
+        samples.update(forces_std=np.concatenate(f_std), forces_error=np.concatenate(f_err))
     return {"metrics": metrics, "samples": samples}
+
+
+def uncertainty_report(samples: Mapping[str, Any], scale: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Calibration metrics of a committee's spreads against the actual errors.
+
+    Energy: per structure, ``energy_std`` against the energy error. Forces: per
+    atom, Spearman correlation of ``forces_std`` with the norm of the force
+    error; the Gaussian metrics (NLL, miscalibration area, fitted scale) treat
+    each Cartesian component's error as N(0, forces_std^2 / 3), because
+    forces_std is the RMS length of a 3-vector deviation. ``scale``: factors
+    already applied to the stds (reported; the fit is relative to them).
+    """
+    from nnp.calibration import calibration_metrics, spearman
+
+    report: dict[str, Any] = {}
+    if samples.get("energy_std") is not None:
+        report["energy"] = calibration_metrics(samples["energy_std"], samples["energy_error"])
+    if samples.get("forces_std") is not None:
+        std, err = samples["forces_std"], samples["forces_error"]
+        forces = calibration_metrics(np.repeat(std / np.sqrt(3.0), 3), err.ravel())
+        forces["spearman"] = spearman(std, np.linalg.norm(err, axis=1))
+        forces["n"] = int(len(std))
+        report["forces"] = forces
+    if scale is not None:
+        report["applied_scale"] = dict(scale)
+    return report
 
 
 def print_metrics(metrics: Mapping[str, Any], title: str) -> None:
@@ -163,20 +188,22 @@ def parity_plot(samples: Mapping[str, Any], path: str | Path, title: str = "") -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
-def _indices(cfg: DictConfig, ckpt: Path, dataset: AtomsDataset) -> np.ndarray:
+def _indices(cfg: DictConfig, ckpt: Path, dataset: AtomsDataset, metadata: Mapping[str, Any]) -> np.ndarray:
     part = cfg.get("split")
     if part in (None, "", "all"):
         return np.arange(len(dataset))
     if part not in ("train", "val", "test"):
         raise NNPError(f"split={part!r}: choose train, val, test or all")
     split_file = cfg.get("split_file") or ckpt.parent / "split.npz"
+    if not cfg.get("split_file") and not Path(split_file).is_file() and metadata.get("split_file"):
+        split_file = metadata["split_file"]  # a model moved away from its run directory, or a committee
     from nnp.data.splits import fingerprint
 
     split = load_split(split_file, len(dataset), fingerprint=fingerprint(dataset.groups(), dataset.energies()))
@@ -186,32 +213,140 @@ def _indices(cfg: DictConfig, ckpt: Path, dataset: AtomsDataset) -> np.ndarray:
     return idx
 
 
+def model_metadata(model) -> dict[str, Any]:
+    """A model's metadata; a committee's own, completed from its first member (data, split)."""
+    meta = dict(getattr(model, "metadata", {}) or {})
+    if isinstance(model, Committee):
+        for key, value in (getattr(model.members[0], "metadata", {}) or {}).items():
+            meta.setdefault(key, value)
+    return meta
+
+
+def calibrate(cfg: DictConfig, spec: Any, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit the committee's std scale factors on held-out data and store them in its file."""
+    paths = model_paths(spec)
+    if paths is not None and len(paths) > 1:
+        raise NNPError(
+            "calibrate=true stores the factors in a committee file: combine the members first"
+            " (nnp ensemble combine A.pt B.pt ... output=committee.pt) and give ckpt=committee.pt"
+        )
+    path = Path(paths[0] if paths else str(spec))
+    model = load_model(path)
+    if not isinstance(model, Committee):
+        raise NNPError(f"{path}: calibrate=true needs a committee (several members), this is a single model")
+    if cfg.get("calibrate_data"):
+        source = str(cfg.calibrate_data)
+        dataset = open_dataset({**dict(data_cfg), "path": source})
+        indices = np.arange(len(dataset))
+    else:
+        digests = {(getattr(m, "metadata", {}) or {}).get("split_digest") for m in model.members}
+        if None in digests or len(digests) > 1:
+            raise NNPError(
+                f"{path}: the members were trained on different (or unrecorded) splits, so no data is held out"
+                " from all of them: give calibrate_data=FILE with structures none of them trained on"
+            )
+        split_file = model_metadata(model).get("split_file")
+        if not split_file or not Path(split_file).is_file():
+            raise NNPError(f"{path}: the members' split file {split_file} is not there: give calibrate_data=FILE")
+        dataset = open_dataset(model_metadata(model).get("data") or dict(data_cfg))
+        from nnp.data.splits import fingerprint
+
+        indices = load_split(split_file, len(dataset), fingerprint=fingerprint(dataset.groups(), dataset.energies()))["val"]
+        source = f"{split_file} [val]"
+        if len(indices) == 0:
+            raise NNPError(f"{split_file}: the validation split is empty: give calibrate_data=FILE")
+    model.set_calibration(1.0, 1.0, None)  # fit against the raw spreads
+    samples = predict_dataset(model, dataset, indices, int(cfg.batch_size), str(cfg.device))["samples"]
+    report = uncertainty_report(samples)
+    factors = {}
+    for quantity in ("energy", "forces"):
+        value = report.get(quantity, {}).get("fit_scale")
+        factors[quantity] = float(value) if value is not None and np.isfinite(value) and value > 0 else 1.0
+    model.set_calibration(factors["energy"], factors["forces"], source)
+    model.save(path)
+    console.print(
+        f"calibrated on {source} ({len(indices)} structures): std scale energy {factors['energy']:.3f},"
+        f" forces {factors['forces']:.3f}; stored in {path}"
+    )
+    return dict(model.calibration)
+
+
+def print_uncertainty(report: Mapping[str, Any]) -> None:
+    rows = []
+    for quantity, unit in (("energy", "eV"), ("forces", "eV/Å")):
+        r = report.get(quantity)
+        if r:
+            rows.append([quantity, r["spearman"], r["miscalibration_area"], r["nll"], f"{r['mean_std']:.4f} {unit}", r["fit_scale"]])
+    console.print(table("committee uncertainty vs actual error", ["", "Spearman", "miscal. area", "NLL", "mean std", "fitted scale"], rows))
+
+
+def _calibration_png(out: Path) -> Path:
+    """A committee's calibration plot, beside the JSON report."""
+    return out.with_name(out.stem + "_calibration.png")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    ckpt = Path(str(cfg.ckpt)) if cfg.get("ckpt") not in (None, "???") else None
-    if ckpt is None:
-        raise NNPError("ckpt is not set: give the model, e.g. ckpt=runs/.../model.pt")
-    potential = Potential.load(ckpt)
-    if cfg.get("dtype"):
-        potential = potential.to(getattr(torch, str(cfg.dtype)))
+    spec = cfg.get("ckpt")
+    if spec in (None, "", "???"):
+        raise NNPError("ckpt is not set: give the model, e.g. ckpt=runs/.../model.pt or ckpt=[a.pt,b.pt]")
+    paths = model_paths(spec)
+    ckpt = Path(paths[0] if paths else str(spec))
+    out = Path(str(cfg.output))
+    overwrite = bool(cfg.get("overwrite", False))
+    plot = bool(cfg.get("plot", True))
+    if out.suffix.lower() == ".png" and plot:
+        raise NNPError(f"output={out}: the JSON report and its parity plot (.png) would share this name; give output=NAME.json")
+    # every output checked before any work (the committee plot once the model says it is one)
+    check_writable(out, overwrite)
+    if plot:
+        check_writable(out.with_suffix(".png"), overwrite)
+    potential = load_model(spec)
+    if isinstance(potential, Committee) and plot:
+        check_writable(_calibration_png(out), overwrite)
+    if cfg.get("calibrate"):
+        check_writable(paths[0] if paths else str(spec), overwrite=True, what="ckpt")  # calibrate rewrites it
     if cfg.get("data") is not None:
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     else:
-        data_cfg = getattr(potential, "metadata", {}).get("data")
+        data_cfg = model_metadata(potential).get("data")
         if not data_cfg:
             raise NNPError(f"{ckpt}: model stores no training data config; give data=... data.path=...")
+    if cfg.get("calibrate"):
+        calibrate(cfg, spec, data_cfg)
+        potential = load_model(spec)
+    if cfg.get("dtype"):
+        potential = potential.to(getattr(torch, str(cfg.dtype)))
     dataset = open_dataset(data_cfg)
-    indices = _indices(cfg, ckpt, dataset)
+    indices = _indices(cfg, ckpt, dataset, model_metadata(potential))
     potential.species_of(torch.as_tensor(np.array(dataset.elements())))  # unknown elements: one clear error
     result = predict_dataset(potential, dataset, indices, int(cfg.batch_size), str(cfg.device))
     metrics = result["metrics"]
-    metrics["model"] = str(ckpt)
+    metrics["model"] = [str(p) for p in paths] if paths and len(paths) > 1 else str(ckpt)
     metrics["data"] = str(data_cfg.get("path"))
     metrics["split"] = cfg.get("split") or "all"
     title = f"{Path(metrics['data']).name} [{metrics['split']}]"
     print_metrics(metrics, title)
-    out = Path(str(cfg.output))
-    write_json(out, metrics)
     written = [str(out)]
+    if isinstance(potential, Committee):
+        metrics["n_members"] = potential.n_members
+        metrics["uncertainty"] = uncertainty_report(result["samples"])
+        metrics["calibration"] = dict(potential.calibration)
+        print_uncertainty(metrics["uncertainty"])
+        if not potential.calibration["applied"]:
+            console.print("[dim]std not calibrated: nnp evaluate ... calibrate=true fits and stores a scale factor[/]")
+        if cfg.get("plot", True):
+            from nnp.calibration import calibration_plot
+
+            panels = {}
+            if result["samples"].get("energy_std") is not None:
+                panels["energy"] = (result["samples"]["energy_std"], result["samples"]["energy_error"], "eV")
+            if result["samples"].get("forces_std") is not None:
+                s = result["samples"]
+                panels["forces (per component)"] = (np.repeat(s["forces_std"] / np.sqrt(3.0), 3), s["forces_error"].ravel(), "eV/Å")
+            cal_png = _calibration_png(out)
+            calibration_plot(panels, cal_png, f"{title}: {potential.n_members}-member committee")
+            written.append(str(cal_png))
+    write_json(out, metrics)
     if cfg.get("plot", True):
         png = out.with_suffix(".png")
         parity_plot(result["samples"], png, title)

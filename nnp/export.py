@@ -17,11 +17,12 @@ arguments: ``compute_forces`` (default true), ``compute_stress``,
 ``create_graph``. TorchScript has no ``enable_grad``, so forces need the
 caller's grad mode on (the default; not inside ``torch.no_grad()``).
 
-CLI: ``nnp export ckpt=run/model.pt output=model.ts [dtype=float64] [check=true]``.
+CLI: ``nnp export ckpt=run/model.pt output=model.ts [dtype=float64] [check=true] [overwrite=true]``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -34,21 +35,23 @@ import torch
 
 from nnp import keys
 from nnp.errors import NNPError
+from nnp.outputs import check_writable, write_bytes
 from nnp.potential import Potential, _plain
 from nnp.report import console
 
 METADATA_FILE = "nnp_metadata.json"
 EXPORT_FORMAT = "nnp.torchscript"
 
-USAGE = """usage: nnp export ckpt=MODEL.pt [output=MODEL.ts] [dtype=float32|float64] [check=true|false]
+USAGE = """usage: nnp export ckpt=MODEL.pt [output=MODEL.ts] [dtype=float32|float64] [check=true|false] [overwrite=true]
 
 Compile a saved nnp model (model.pt of a training run) to TorchScript, neighbor
 list and forces included, loadable with torch.jit.load (Python) or
 torch::jit::load (C++) without nnp.
-  ckpt    the saved model (required)
-  output  where to write (default: the model path with suffix .ts)
+  ckpt    the saved model (required); a committee: a committee file, or ckpt=[a.pt,b.pt]
+  output  where to write (default: the (first) model path with suffix .ts)
   dtype   float32 or float64 (default: the model's own)
-  check   compare the exported model with the original on a test structure (default: true)"""
+  check   compare the exported model with the original on a test structure (default: true)
+  overwrite  replace an existing output file (default: false)"""
 
 
 def export_potential(
@@ -70,12 +73,15 @@ def export_potential(
         "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"},
         "inputs": [keys.Z, keys.R, keys.IDX_M, keys.N_ATOMS, keys.CELL, keys.PBC],
         "metadata": dict(metadata or getattr(potential, "metadata", {}) or {}),
+        # a committee's module returns the mean and, beside it, energy_std,
+        # forces_std and max_forces_std (calibration factors included)
+        "kind": "committee" if hasattr(potential, "n_members") else "potential",
+        "n_members": int(getattr(potential, "n_members", 1)),
+        "calibration": _plain(getattr(potential, "calibration", None)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(info, default=str)})
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()  # in memory first: a disk error is then an OSError naming the file
+    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(info, default=str)})
+    return write_bytes(path, buffer.getbuffer())
 
 
 def _load(path: str | os.PathLike, map_location: str | torch.device) -> tuple[torch.jit.ScriptModule, dict]:
@@ -136,45 +142,36 @@ def compare(
     return de, df
 
 
-def _parse(argv: list[str]) -> dict[str, str]:
-    allowed = {"ckpt", "output", "dtype", "check"}
-    args: dict[str, str] = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+")
-        if not sep:
-            raise NNPError(f"export: expected key=value, got {arg!r} (see `nnp export --help`)")
-        if key not in allowed:
-            raise NNPError(f"export: unknown option {key!r}; options: {', '.join(sorted(allowed))}")
-        args[key] = value
-    return args
+def _parse(argv: list[str]) -> dict[str, Any]:
+    """The options given, typed and checked by the schema (:class:`nnp.config.options.ExportOptions`)."""
+    from nnp.config.options import ExportOptions, parse_options
+
+    return parse_options("nnp export", ExportOptions, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``nnp export ckpt=... output=...``; returns the exit code, raises NNPError on bad input."""
+    from nnp.committee import load_model
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         console.print(USAGE, markup=False, highlight=False)
         return 0
     args = _parse(argv)
-    if not args.get("ckpt"):
-        raise NNPError("export: give the model to export, e.g. nnp export ckpt=runs/.../model.pt")
-    ckpt = Path(args["ckpt"])
-    output = Path(args.get("output") or ckpt.with_suffix(".ts"))
-    if output.resolve() == ckpt.resolve():
+    ckpt = args["ckpt"]  # a model file, or a list of them (a committee)
+    first = Path(ckpt if isinstance(ckpt, str) else ckpt[0])
+    output = Path(args.get("output") or first.with_suffix(".ts"))
+    models = [Path(c) for c in ([ckpt] if isinstance(ckpt, str) else ckpt)]
+    if any(output.resolve() == m.resolve() for m in models):
         raise NNPError(f"export: output {output} would overwrite the model file")
-    check = args.get("check", "true").strip().lower()
-    if check not in ("true", "false", "1", "0", "yes", "no"):
-        raise NNPError(f"export: check must be true or false, got {args['check']!r}")
-    potential = Potential.load(ckpt)
+    check_writable(output, bool(args.get("overwrite", False)))  # before loading and compiling
+    potential = load_model(ckpt)
     dtype_name = args.get("dtype")
     if dtype_name:
-        if dtype_name not in ("float32", "float64"):
-            raise NNPError(f"export: dtype must be float32 or float64, got {dtype_name!r}")
         potential = potential.to(getattr(torch, dtype_name))
     export_potential(potential, output)
     console.print(f"wrote {output} (TorchScript; species {potential.species}, cutoff {potential.cutoff} Å)", markup=False)
-    if check in ("true", "1", "yes"):
+    if args.get("check", True):
         dtype = potential.atomref.dtype
         de, df = compare(potential, load_exported(output), sample_batch(potential.species, dtype))
         tol = 1e-5 if dtype == torch.float32 else 1e-10

@@ -31,3 +31,10 @@ ATOMIC_ENERGY: Final[str] = "atomic_energy"  # (N,) eV, network + reference ener
 LAYER_ENERGY: Final[str] = "layer_energy"  # (M, L) eV, per-layer share (hierarchical models)
 PAIR_VECTORS: Final[str] = "pair_vectors"  # (P, 3) r_j - r_i (+ shift), Å
 PAIR_DISTANCES: Final[str] = "pair_distances"  # (P,) Å
+
+# --- committees (mean over members in ENERGY/FORCES/...; spreads beside them) ---
+ENERGY_STD: Final[str] = "energy_std"  # (M,) eV, std of the members' energies (population, ddof=0)
+FORCES_STD: Final[str] = "forces_std"  # (N,) eV/Å, RMS deviation of the members' force vectors from the mean force
+MAX_FORCES_STD: Final[str] = "max_forces_std"  # (M,) eV/Å, largest FORCES_STD of each structure
+MEMBER_ENERGY: Final[str] = "member_energy"  # (K, M) eV, each member's energies
+MEMBER_FORCES: Final[str] = "member_forces"  # (K, N, 3) eV/Å, each member's forces

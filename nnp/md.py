@@ -4,8 +4,16 @@
         md.timestep_fs=0.5 md.temperature_K=300 output=traj.extxyz
 
 Writes the trajectory (every ``md.write_interval`` steps), a CSV log with
-``time_ps,epot_eV,ekin_eV,etot_eV,temperature_K`` and a JSON summary, and
-reports the drift of the total energy (eV/atom/ps, a linear fit).
+``time_ps,epot_eV,ekin_eV,etot_eV,temperature_K`` (and, for a committee,
+``max_forces_std_eV_A,energy_std_eV``) and a JSON summary, and reports the
+drift of the total energy (eV/atom/ps, a linear fit).
+
+Every step is watched (:mod:`nnp.md_watch`): a safety check that trips ends
+the run with :class:`~nnp.errors.SafetyStop` (exit code 3), a committee's
+uncertainty above ``md.uncertainty.threshold`` flags the frame or, with
+``action=stop``, ends the run with :class:`~nnp.errors.UncertaintyStop` (exit
+code 4). Files are flushed after every write, so what was written before a
+stop stays complete and readable, and the summary says where and why it stopped.
 """
 
 from __future__ import annotations
@@ -18,10 +26,23 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from nnp.errors import NNPError
+from nnp.errors import NNPError, SafetyStop, UncertaintyStop
+from nnp.md_watch import (
+    FrameWriter,
+    SafetyLimits,
+    SafetyWatch,
+    Trip,
+    Tripped,
+    UncertaintySettings,
+    UncertaintyWatch,
+    check_non_finite,
+    uncertainty_of,
+)
+from nnp.outputs import check_writable
 from nnp.report import console, table, write_json
 
 LOG_COLUMNS = ["time_ps", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
+COMMITTEE_COLUMNS = ["max_forces_std_eV_A", "energy_std_eV"]
 
 
 def energy_drift(time_ps: np.ndarray, etot_ev: np.ndarray, n_atoms: int) -> float:
@@ -75,8 +96,45 @@ def make_dynamics(atoms, md: DictConfig):
     raise NNPError(f"md.ensemble={md.ensemble!r}: choose nve or nvt (Langevin)")
 
 
+def _ckpt_spec(ckpt):
+    """``ckpt`` as load_model takes it: a path, or a list of paths (``ckpt=[a.pt,b.pt]``)."""
+    from omegaconf import ListConfig
+
+    if isinstance(ckpt, (ListConfig, list, tuple)):
+        return [str(p) for p in ckpt]
+    return str(ckpt)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    import ase.io
+    from nnp.calculator import NNPCalculator
+    from nnp.committee import load_model
+    from nnp.structures import read_inputs
+
+    for key in ("ckpt", "input"):
+        if cfg.get(key) in (None, "", "???"):
+            raise NNPError(f"{key} is not set: nnp md ckpt=MODEL input=FILE output=FILE")
+    SafetyLimits.from_config(cfg.md)  # bad limits fail before anything is read
+    UncertaintySettings.from_config(cfg.md, Path(str(cfg.output)))
+    model = load_model(_ckpt_spec(cfg.ckpt))
+    frames = read_inputs(str(cfg.input), model, float(cfg.min_distance), str(cfg.get("index", "0")))
+    atoms = frames[0]
+    _set_threads(cfg.get("threads", "auto"), len(atoms), str(cfg.device))
+    atoms.calc = NNPCalculator(model, device=str(cfg.device), dtype=cfg.get("dtype"))
+    return simulate(atoms, cfg)
+
+
+def _kept(traj: FrameWriter, log_step: int | None, log_path: Path) -> str:
+    if traj.last_step is None and log_step is None:
+        return f"nothing written to {traj.path}, {log_path} before it"
+    if traj.last_step == log_step:
+        return f"trajectory and log up to step {log_step} kept in {traj.path}, {log_path}"
+    t = f"trajectory up to step {traj.last_step} kept in {traj.path}" if traj.last_step is not None else f"no frame in {traj.path}"
+    lg = f"log up to step {log_step} in {log_path}" if log_step is not None else f"no row in {log_path}"
+    return f"{t}, {lg}"
+
+
+def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
+    """Run ``cfg.md`` on ``atoms`` (its calculator attached): the part of ``nnp md`` after loading."""
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
     from rich.progress import (
         BarColumn,
@@ -87,13 +145,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    from nnp.calculator import NNPCalculator
-    from nnp.potential import Potential
-    from nnp.structures import read_inputs
-
-    for key in ("ckpt", "input"):
-        if cfg.get(key) in (None, "", "???"):
-            raise NNPError(f"{key} is not set: nnp md ckpt=MODEL input=FILE output=FILE")
     md = cfg.md
     steps = int(md.steps)
     if steps < 1:
@@ -101,14 +152,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.output))
     log_path = Path(str(cfg.log)) if cfg.get("log") else out.with_suffix(".csv")
     summary_path = out.with_suffix(".json")
-    for p in (out, log_path):
-        if p.exists() and not cfg.overwrite:
-            raise NNPError(f"{p} already exists: choose another output, or overwrite=true")
-    potential = Potential.load(cfg.ckpt)
-    frames = read_inputs(str(cfg.input), potential, float(cfg.min_distance), str(cfg.get("index", "0")))
-    atoms = frames[0]
-    _set_threads(cfg.get("threads", "auto"), len(atoms), str(cfg.device))
-    atoms.calc = NNPCalculator(potential, device=str(cfg.device), dtype=cfg.get("dtype"))
+    limits = SafetyLimits.from_config(md)
+    unc_settings = UncertaintySettings.from_config(md, out)
+    for p in (out, log_path, summary_path):  # refused before any work: existing (unless overwrite), unwritable
+        check_writable(p, bool(cfg.overwrite))
+    atoms.get_forces()  # the start structure, evaluated once: a committee reports its spread
+    committee = uncertainty_of(atoms.calc.results) is not None
+    if unc_settings.threshold is not None:
+        if not committee:
+            raise NNPError(
+                f"md.uncertainty.threshold={unc_settings.threshold:g} needs a committee model "
+                "(ckpt=committee.pt or ckpt=[a.pt,b.pt,...]); this model reports no max_forces_std"
+            )
+        flagged = unc_settings.output
+        if flagged.exists():
+            if not cfg.overwrite:
+                raise NNPError(f"{flagged} already exists: choose another md.uncertainty.output, or overwrite=true")
+            flagged.unlink()  # a stale file would read as this run's flagged frames
     n_atoms = len(atoms)
     if md.temperature_K and float(md.temperature_K) > 0 and (md.init_velocities or not atoms.get_velocities().any()):
         MaxwellBoltzmannDistribution(atoms, temperature_K=float(md.temperature_K), rng=np.random.default_rng(int(md.seed)))
@@ -120,28 +180,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    safety = SafetyWatch(limits)
+    uwatch = UncertaintyWatch(unc_settings) if committee else None
     rows: list[list[float]] = []
-    traj_fh = open(out, "w")
+    last_log: list[int | None] = [None]
+    traj = FrameWriter(out)
     log_fh = open(log_path, "w", newline="")
     writer = csv.writer(log_fh)
-    writer.writerow(LOG_COLUMNS)
+    writer.writerow(LOG_COLUMNS + (COMMITTEE_COLUMNS if committee else []))
+    log_fh.flush()
+
+    def check():
+        trip = safety.check(dyn.nsteps, atoms)
+        if trip is None and uwatch is not None:
+            trip = uwatch.observe(dyn.nsteps, atoms, atoms.calc.results)
+        if trip is not None:
+            raise Tripped(trip)
 
     def log():
         epot = atoms.get_potential_energy()
         ekin = atoms.get_kinetic_energy()
         row = [dyn.nsteps * dt_ps, epot, ekin, epot + ekin, atoms.get_temperature()]
-        if not np.isfinite(row[3]):
-            raise NNPError(f"the simulation became unstable at step {dyn.nsteps} (non-finite energy); output so far kept in {out}")
+        if committee:
+            unc = uncertainty_of(atoms.calc.results)
+            row += [unc["max_forces_std"], unc.get("energy_std", float("nan"))]
         rows.append(row)
         writer.writerow([f"{v:.8g}" for v in row])
+        log_fh.flush()
+        last_log[0] = dyn.nsteps
 
-    def write():
-        ase.io.write(traj_fh, atoms, format="extxyz")
-
+    # Each step is watched before its frame and log row are written: a frame that trips a check is
+    # not written. Step 0 (the start structure, already checked as input) is written first, so the
+    # trajectory is never empty.
+    dyn.attach(lambda: dyn.nsteps > 0 and check(), interval=1)
     dyn.attach(log, interval=max(1, int(md.log_interval)))
-    dyn.attach(write, interval=max(1, int(md.write_interval)))
+    dyn.attach(lambda: traj.write(atoms, dyn.nsteps), interval=max(1, int(md.write_interval)))
+    dyn.attach(check, interval=0)  # ASE: interval 0 = only at step 0, after that step's frame and row
     t0 = time.time()
     chunk = max(1, steps // 200)
+    trip: Trip | None = None
     try:
         with Progress(
             TextColumn(f"[bold]md {md.ensemble}[/] {atoms.get_chemical_formula()}"), BarColumn(), MofNCompleteColumn(),
@@ -151,40 +228,69 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             done = 0
             while done < steps:
                 n = min(chunk, steps - done)
-                dyn.run(n)
+                try:
+                    dyn.run(n)
+                except Tripped:
+                    raise
+                except Exception:
+                    # the model failed on the integrator's new positions: non-finite ones are a blow-up
+                    vel = atoms.get_velocities() if atoms.has("momenta") else None
+                    blowup = check_non_finite(dyn.nsteps + 1, atoms.positions, vel)
+                    if blowup is None:
+                        raise
+                    raise Tripped(blowup) from None
                 done += n
                 bar.update(task, completed=done, info=f"T={atoms.get_temperature():.0f} K")
+    except Tripped as stop:
+        trip = stop.trip
     finally:
-        traj_fh.close()
+        traj.close()
         log_fh.close()
+        if uwatch is not None:
+            uwatch.close()
     wall = time.time() - t0
-    data = np.array(rows)
-    drift = energy_drift(data[:, 0], data[:, 3], n_atoms)
+    steps_done = trip.step if trip is not None else steps
+    data = np.array(rows) if rows else np.zeros((0, len(LOG_COLUMNS)))
+    have = len(rows) > 0
+    drift = energy_drift(data[:, 0], data[:, 3], n_atoms) if have else None
     summary = {
         "ensemble": str(md.ensemble),
         "n_atoms": n_atoms,
         "steps": steps,
+        "steps_done": steps_done,
         "timestep_fs": float(md.timestep_fs),
-        "simulated_ps": steps * dt_ps,
+        "simulated_ps": steps_done * dt_ps,
         "energy_drift_eV_per_atom_per_ps": drift,
-        "etot_std_eV_per_atom": float(data[:, 3].std() / n_atoms),
-        "mean_temperature_K": float(data[:, 4].mean()),
-        "steps_per_second": steps / wall,
-        "ns_per_day": steps * dt_ps * 1e-3 / (wall / 86400.0),
+        "etot_std_eV_per_atom": float(data[:, 3].std() / n_atoms) if have else None,
+        "mean_temperature_K": float(data[:, 4].mean()) if have else None,
+        "steps_per_second": steps_done / wall if wall > 0 else None,
+        "ns_per_day": steps_done * dt_ps * 1e-3 / (wall / 86400.0) if wall > 0 else None,
         "wall_seconds": wall,
         "trajectory": str(out),
         "log": str(log_path),
+        "limits": {"max_force_eV_A": limits.max_force, "max_temperature_K": limits.max_temperature_K,
+                   "min_distance_A": limits.min_distance},
+        "uncertainty": uwatch.summary() if uwatch is not None else None,
+        "stopped": trip.as_dict() if trip is not None else None,
     }
     write_json(summary_path, summary)
-    console.print(table(
-        f"md {md.ensemble}: {steps} steps x {md.timestep_fs} fs, {n_atoms} atoms",
-        ["", "value"],
-        [
-            ["total-energy drift", f"{drift:.3e} eV/atom/ps"],
-            ["total-energy std", f"{summary['etot_std_eV_per_atom']:.3e} eV/atom"],
-            ["mean temperature", f"{summary['mean_temperature_K']:.1f} K"],
-            ["speed", f"{summary['steps_per_second']:.1f} steps/s ({summary['ns_per_day']:.3f} ns/day)"],
-        ],
-    ))
-    console.print(f"wrote {out}, {log_path}, {summary_path}")
+    if trip is not None:
+        error = UncertaintyStop if trip.check == "uncertainty" else SafetyStop
+        raise error(f"md stopped at step {trip.step}: {trip.detail} ({_kept(traj, last_log[0], log_path)})")
+    lines = [
+        ["total-energy drift", f"{drift:.3e} eV/atom/ps"],
+        ["total-energy std", f"{summary['etot_std_eV_per_atom']:.3e} eV/atom"],
+        ["mean temperature", f"{summary['mean_temperature_K']:.1f} K"],
+        ["speed", f"{summary['steps_per_second']:.1f} steps/s ({summary['ns_per_day']:.3f} ns/day)"],
+    ]
+    written = [str(out), str(log_path), str(summary_path)]
+    if summary["uncertainty"] is not None:
+        u = summary["uncertainty"]
+        lines.append(["max_forces_std", f"max {u['max_forces_std_max_eV_A']:.3g}, mean {u['max_forces_std_mean_eV_A']:.3g} eV/Å"])
+        if u["threshold_eV_A"] is not None:
+            lines.append(["flagged frames", f"{u['flagged_frames']} above {u['threshold_eV_A']:g} eV/Å"])
+        if u["flagged_output"]:
+            written.append(u["flagged_output"])
+    console.print(table(f"md {md.ensemble}: {steps} steps x {md.timestep_fs} fs, {n_atoms} atoms", ["", "value"], lines))
+    console.print(f"wrote {', '.join(written)}")
     return summary

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -28,7 +28,84 @@ from nnp.neighbors import neighbor_list
 from nnp.nn import scatter_sum
 
 FORMAT = "nnp.potential"
-FORMAT_VERSION = 1
+#: Model file format versions (every change to the file bumps it; tests/data keeps
+#: one file of each earlier version and loads it):
+#: 1  single potential
+#: 2  ``kind`` ("potential" | "committee"); committee files hold ``members`` (a list
+#:    of version-2 potential dicts) and ``calibration`` (std scale factors)
+FORMAT_VERSION = 2
+
+
+def stress_from_strain_gradient(grad: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """dE/d(strain) (M, 3, 3) eV -> stress (M, 3, 3) eV/Å^3; NaN for structures without a cell.
+
+    Per structure, so a batch that mixes periodic and non-periodic structures
+    gives every periodic one its stress (a zero volume would otherwise divide to inf).
+    """
+    volume = torch.linalg.det(cell).abs()
+    safe = torch.where(volume > 0, volume, torch.ones_like(volume))
+    stress = grad / safe[:, None, None]
+    return torch.where((volume > 0)[:, None, None], stress, torch.full_like(stress, float("nan")))
+
+
+def pair_inputs(
+    batch: Dict[str, torch.Tensor],
+    species: torch.Tensor,
+    cutoff: float,
+    compute_forces: bool,
+    compute_stress: bool,
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Neighbor pairs and the model inputs of a batch (grad mode already on).
+
+    Returns ``(inputs, positions, strain)``: the model inputs (see
+    :class:`~nnp.models.AtomisticModel`), the (N, 3) positions leaf that forces
+    differentiate against, and the (M, 3, 3) strain leaf for stress (zeros, not
+    requiring grad, without stress). A committee calls this once and feeds the
+    same inputs to every member.
+    """
+    positions = batch[keys.R]
+    idx_m = batch[keys.IDX_M]
+    n_atoms = batch[keys.N_ATOMS]
+    cell = batch[keys.CELL].to(positions.dtype)
+    pbc = batch[keys.PBC]
+    nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
+    if (compute_forces or compute_stress) and not positions.requires_grad:
+        positions = positions.detach().requires_grad_(True)
+    unstrained = positions
+    strain = torch.zeros_like(cell)
+    if compute_stress:
+        # Differentiate with respect to a homogeneous strain of atoms and cell.
+        strain.requires_grad_(True)
+        positions = positions + torch.einsum("ni,nij->nj", positions, strain[idx_m])
+        cell = cell + torch.matmul(cell, strain)
+    i, j = nbrs.pairs[0], nbrs.pairs[1]
+    vectors = positions[j] - positions[i]
+    if bool(pbc.any()):  # images are all zero without periodic cells: skip (P, 3, 3) work
+        vectors = vectors + torch.einsum("pk,pkl->pl", nbrs.images.to(positions.dtype), cell[idx_m[i]])
+    inputs = {
+        keys.SPECIES: species,
+        keys.PAIRS: nbrs.pairs,
+        keys.PAIR_VECTORS: vectors,
+        keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
+        keys.IDX_M: idx_m,
+        keys.N_ATOMS: n_atoms,
+    }
+    return inputs, unstrained, strain
+
+
+def species_lookup(table: torch.Tensor, atomic_numbers: torch.Tensor) -> torch.Tensor:
+    """Atomic numbers (N,) -> species indices (N,) through ``table`` (119,), -1 = unknown.
+
+    The TorchScript path (plain RuntimeErrors); eager code raises NNPError
+    naming the elements through :meth:`Potential.species_of`.
+    """
+    z = atomic_numbers.to(table.device)
+    if bool(((z < 1) | (z > 118)).any()):
+        raise RuntimeError("atomic numbers out of range 1..118")
+    s = table[z]
+    if bool((s < 0).any()):
+        raise RuntimeError("element not known to this model")
+    return s
 
 
 class Potential(nn.Module):
@@ -105,53 +182,21 @@ class Potential(nn.Module):
     def _species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """:meth:`species_of`, with a plain TorchScript error path when scripted."""
         if torch.jit.is_scripting():
-            z = atomic_numbers.to(self.species_table.device)
-            if bool(((z < 1) | (z > 118)).any()):
-                raise RuntimeError("atomic numbers out of range 1..118")
-            s = self.species_table[z]
-            if bool((s < 0).any()):
-                raise RuntimeError("element not known to this model")
-            return s
+            return species_lookup(self.species_table, atomic_numbers)
         return self.species_of(atomic_numbers)
 
-    def _evaluate(
+    def _geometry(
         self,
         batch: Dict[str, torch.Tensor],
         species: torch.Tensor,
         compute_forces: bool,
         compute_stress: bool,
-        create_graph: bool,
-    ) -> Dict[str, torch.Tensor]:
-        """The body of :meth:`forward` (grad mode already on)."""
-        positions = batch[keys.R]
-        idx_m = batch[keys.IDX_M]
-        n_atoms = batch[keys.N_ATOMS]
-        n_structures = n_atoms.shape[0]
-        cell = batch[keys.CELL].to(positions.dtype)
-        pbc = batch[keys.PBC]
-        nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, self.cutoff)
-        if (compute_forces or compute_stress) and not positions.requires_grad:
-            positions = positions.detach().requires_grad_(True)
-        unstrained = positions
-        strain = torch.zeros_like(cell)
-        if compute_stress:
-            # Differentiate with respect to a homogeneous strain of atoms and cell.
-            strain.requires_grad_(True)
-            positions = positions + torch.einsum("ni,nij->nj", positions, strain[idx_m])
-            cell = cell + torch.matmul(cell, strain)
-        i, j = nbrs.pairs[0], nbrs.pairs[1]
-        vectors = positions[j] - positions[i]
-        if bool(pbc.any()):  # images are all zero without periodic cells: skip (P, 3, 3) work
-            vectors = vectors + torch.einsum("pk,pkl->pl", nbrs.images.to(positions.dtype), cell[idx_m[i]])
-        inputs = {
-            keys.SPECIES: species,
-            keys.PAIRS: nbrs.pairs,
-            keys.PAIR_VECTORS: vectors,
-            keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
-            keys.IDX_M: idx_m,
-            keys.N_ATOMS: n_atoms,
-        }
-        out = self.model(inputs)
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:func:`pair_inputs` at this potential's cutoff."""
+        return pair_inputs(batch, species, self.cutoff, compute_forces, compute_stress)
+
+    def _energies(self, out: Dict[str, torch.Tensor], species: torch.Tensor, idx_m: torch.Tensor, n_structures: int) -> Dict[str, torch.Tensor]:
+        """Model output -> atomic energies (N,) and energies (M,) in eV (+ layer shares)."""
         atomic = self.energy_scale * out[keys.ATOMIC_ENERGY] + self.atomref[species]
         energy = scatter_sum(atomic, idx_m, n_structures)
         results: Dict[str, torch.Tensor] = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
@@ -162,6 +207,20 @@ class Potential(nn.Module):
             layers = scatter_sum(self.energy_scale * out[keys.LAYER_ENERGY], idx_m, n_structures)
             reference = scatter_sum(self.atomref[species], idx_m, n_structures)
             results[keys.LAYER_ENERGY] = torch.cat([layers[:, :1] + reference[:, None], layers[:, 1:]], dim=1)
+        return results
+
+    def _evaluate(
+        self,
+        batch: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+        create_graph: bool,
+    ) -> Dict[str, torch.Tensor]:
+        """The body of :meth:`forward` (grad mode already on)."""
+        inputs, unstrained, strain = self._geometry(batch, species, compute_forces, compute_stress)
+        results = self._energies(self.model(inputs), species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
+        energy = results[keys.ENERGY]
         if compute_forces or compute_stress:
             wrt = [unstrained, strain] if compute_stress else [unstrained]
             grads = torch.autograd.grad(
@@ -174,8 +233,7 @@ class Potential(nn.Module):
                 g = grads[1]
                 if g is None:
                     g = torch.zeros_like(strain)
-                volume = torch.linalg.det(batch[keys.CELL].to(energy.dtype)).abs()
-                results[keys.STRESS] = g / volume[:, None, None]
+                results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(energy.dtype))
         return results
 
     # ------------------------------------------------------------- save/load
@@ -183,6 +241,7 @@ class Potential(nn.Module):
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
+            "kind": "potential",
             "model_config": _plain(self.model_config),
             "species": list(self.species),
             "atomref": self.atomref.detach().cpu().clone(),
@@ -195,35 +254,95 @@ class Potential(nn.Module):
         }
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-        """Write a self-contained model file (atomically: temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(metadata), tmp)
-        os.replace(tmp, path)
+        """Write a self-contained model file (atomically: :func:`nnp.outputs.write_bytes`)."""
+        import io
+
+        from nnp.outputs import write_bytes
+
+        buffer = io.BytesIO()  # serialized in memory: a disk error is then an OSError, not torch's RuntimeError
+        torch.save(self.to_dict(metadata), buffer)
+        write_bytes(path, buffer.getbuffer())
 
     @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> Potential:
-        pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"])
-        pot.model.load_state_dict(payload["state_dict"])
-        dtype = getattr(torch, payload.get("dtype", "float32"))
-        pot.metadata = dict(payload.get("metadata", {}))
-        return pot.to(dtype)
+    def from_dict(cls, payload: Mapping[str, Any], source: str = "model") -> Potential:
+        """Rebuild from :meth:`to_dict`'s payload; a malformed payload raises one NNPError naming ``source``."""
+        check_entries(payload, _POTENTIAL_ENTRIES, source)
+        try:
+            pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"])
+            missing, unexpected = pot.model.load_state_dict(payload["state_dict"], strict=False)
+        except NNPError as err:
+            raise NNPError(f"{source}: {err}") from None
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+            raise NNPError(f"{source}: weights do not fit the stored architecture ({_first_line(err)})") from None
+        if missing or unexpected:
+            what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+            raise NNPError(f"{source}: state_dict does not match the stored architecture ({what})")
+        dtype = payload.get("dtype", "float32")
+        if dtype not in ("float32", "float64"):
+            raise NNPError(f"{source}: entry 'dtype' is {dtype!r}; expected float32 or float64")
+        pot.metadata = dict(payload.get("metadata") or {})
+        return pot.to(getattr(torch, dtype))
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Potential:
-        path = Path(path)
-        if not path.is_file():
-            raise NNPError(f"{path}: model file not found")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:  # torch raises many types for a bad file
-            raise NNPError(f"{path}: not a readable nnp model file ({type(err).__name__})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise NNPError(f"{path}: not an nnp model file (a Lightning checkpoint? use the run's model.pt)")
-        if int(payload.get("version", 0)) > FORMAT_VERSION:
-            raise NNPError(f"{path}: model format version {payload['version']} is newer than this nnp")
-        return cls.from_dict(payload)
+        """Load a single-model file (a committee file: :func:`nnp.committee.load_model`)."""
+        payload = read_model_file(path, map_location)
+        if payload.get("kind", "potential") != "potential":
+            raise NNPError(f"{path}: a {payload.get('kind')} file, not a single model (load it with nnp.committee.load_model)")
+        return cls.from_dict(payload, str(path))
+
+
+# Entries every single-model payload has, with their types (checked before use,
+# so a damaged or hand-edited file gives one line, not a traceback).
+_POTENTIAL_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "model_config": dict,
+    "species": list,
+    "atomref": torch.Tensor,
+    "energy_scale": (float, int),
+    "state_dict": dict,
+}
+
+
+def check_entries(payload: Mapping[str, Any], entries: Mapping[str, type | tuple[type, ...]], source: str) -> None:
+    """Raise one NNPError naming ``source`` and the first missing or wrongly typed entry."""
+    for key, types in entries.items():
+        if key not in payload:
+            raise NNPError(f"{source}: model file has no {key!r} entry")
+        if not isinstance(payload[key], types) or isinstance(payload[key], bool):
+            raise NNPError(f"{source}: model file entry {key!r} has the wrong type ({type(payload[key]).__name__})")
+    species = payload.get("species")
+    if isinstance(species, list) and not all(isinstance(z, int) and 1 <= z <= 118 for z in species):
+        raise NNPError(f"{source}: model file entry 'species' must list atomic numbers 1..118")
+    atomref = payload.get("atomref")
+    if isinstance(atomref, torch.Tensor) and isinstance(species, list) and atomref.shape != (len(species),):
+        raise NNPError(f"{source}: model file entry 'atomref' has shape {tuple(atomref.shape)}, expected ({len(species)},)")
+
+
+def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a model file's payload safely (``weights_only=True``) and check its header."""
+    path = Path(path)
+    if not path.is_file():
+        raise NNPError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise NNPError(f"{path}: not a readable nnp model file ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise NNPError(f"{path}: not an nnp model file (a Lightning checkpoint? use the run's model.pt)")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise NNPError(f"{path}: model file has an invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise NNPError(f"{path}: model format version {version} is newer than this nnp (reads up to {FORMAT_VERSION})")
+    kind = payload.get("kind", "potential")  # version 1 files are single potentials
+    if kind not in ("potential", "committee"):
+        raise NNPError(f"{path}: unknown model kind {kind!r}")
+    return payload
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
 
 
 def _plain(obj: Any) -> Any:

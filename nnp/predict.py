@@ -1,53 +1,63 @@
 """``nnp predict``: energies and forces for every structure of a file.
 
     nnp predict ckpt=RUN/model.pt input=structures.extxyz output=predicted.extxyz
+    nnp predict ckpt=[a.pt,b.pt,c.pt] input=structures.extxyz output=predicted.extxyz
 
 Reads any format ASE reads; writes energy, forces (and stress for periodic
 cells, per-atom energies as ``energies``) with ASE's single-point calculator.
+With a committee, the mean, and beside it ``energy_std`` and ``max_forces_std``
+in ``atoms.info`` and the per-atom ``forces_std`` in ``atoms.arrays`` (eV, eV/Å).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from nnp import keys
-from nnp.calculator import batch_to
-from nnp.data.collate import atoms_to_sample, collate
+from nnp.committee import load_model
+from nnp.data.collate import atoms_to_sample
 from nnp.errors import NNPError
-from nnp.potential import Potential
+from nnp.inference import per_structure, run_batches
+from nnp.outputs import atomic_path, check_writable, write_error_reason
 from nnp.report import console, table
 from nnp.structures import read_inputs
 
 
-def predict_structures(potential: Potential, frames, batch_size: int = 64, device: str = "cpu") -> list[dict]:
-    """One dict per structure: energy (eV), forces (n, 3) eV/Å, energies (n,), stress (3, 3) if periodic."""
-    from rich.progress import Progress
-
-    dtype = potential.atomref.dtype
-    potential = potential.to(device).eval()
+def predict_structures(model, frames, batch_size: int = 64, device: str = "cpu") -> list[dict]:
+    """One dict per structure (see :func:`nnp.inference.per_structure`): energy (eV),
+    forces (n, 3) eV/Å, energies (n,), stress (3, 3) where periodic, committee spreads."""
     results: list[dict] = []
-    with Progress(console=console, transient=True, disable=len(frames) < 2 * batch_size) as bar:
-        task = bar.add_task("predicting", total=len(frames))
-        for start in range(0, len(frames), batch_size):
-            chunk = frames[start : start + batch_size]
-            batch = batch_to(collate([atoms_to_sample(a, k) for k, a in enumerate(chunk)]), device, dtype)
-            periodic = bool(batch[keys.PBC].all(-1).all())
-            out = potential(batch, compute_forces=True, compute_stress=periodic)
-            n = batch[keys.N_ATOMS].tolist()
-            forces = torch.split(out[keys.FORCES].detach().double().cpu(), n)
-            atomic = torch.split(out[keys.ATOMIC_ENERGY].detach().double().cpu(), n)
-            for m in range(len(chunk)):
-                r = {"energy": float(out[keys.ENERGY][m].detach()), "forces": forces[m].numpy(), "energies": atomic[m].numpy()}
-                if periodic:
-                    r["stress"] = out[keys.STRESS][m].detach().double().cpu().numpy()
-                results.append(r)
-            bar.advance(task, len(chunk))
+
+    def fetch(idx):
+        return [atoms_to_sample(frames[i], i) for i in idx]
+
+    for batch, out in run_batches(model, fetch, len(frames), batch_size, device, forces=True, progress="predicting"):
+        results.extend(per_structure(batch, out))
     return results
+
+
+def _output_format(out: Path, fmt: str | None) -> str:
+    """The ASE format the output is written in (``format``, or from the file name), checked
+    before any work: an unknown or read-only format is one line, not a failure at the end."""
+    from ase.io.formats import filetype, ioformats
+
+    given = fmt is not None
+    if not given:
+        try:
+            fmt = filetype(str(out), read=False)
+        except Exception:  # ASE raises several types for a name it does not know
+            fmt = None
+    info = ioformats.get(str(fmt)) if fmt is not None else None
+    if info is None and not given:
+        raise NNPError(f"{out}: cannot tell the output format from the file name: give format=extxyz (or another ASE format)")
+    if info is None:
+        raise NNPError(f"format={fmt}: not an ASE format (e.g. extxyz, xyz, traj, db)")
+    if not info.can_write:
+        raise NNPError(f"format={fmt}: ASE cannot write this format; choose e.g. extxyz")
+    return str(fmt)
 
 
 def run(cfg: DictConfig) -> list[dict]:
@@ -61,7 +71,9 @@ def run(cfg: DictConfig) -> list[dict]:
     inp, out = Path(str(cfg.input)), Path(str(cfg.output))
     if out.resolve() == inp.resolve():
         raise NNPError(f"{out}: output would overwrite the input file")
-    potential = Potential.load(cfg.ckpt)
+    check_writable(out, bool(cfg.get("overwrite", False)))  # before reading or predicting anything
+    fmt = _output_format(out, cfg.get("format") or None)
+    potential = load_model(cfg.ckpt)
     if cfg.get("dtype"):
         potential = potential.to(getattr(torch, str(cfg.dtype)))
     frames = read_inputs(str(inp), potential, float(cfg.min_distance), str(cfg.get("index", ":")))
@@ -71,17 +83,29 @@ def run(cfg: DictConfig) -> list[dict]:
         if "stress" in p:
             kw["stress"] = full_3x3_to_voigt_6_stress(p["stress"])
         atoms.calc = SinglePointCalculator(atoms, **kw)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    try:
-        ase.io.write(tmp, frames, format=cfg.get("format") or None)
-    except Exception as err:
-        tmp.unlink(missing_ok=True)
-        raise NNPError(f"{out}: cannot write ({type(err).__name__}: {err})") from None
-    os.replace(tmp, out)
-    rows = [[k, a.get_chemical_formula(), len(a), p["energy"], float(np.abs(p["forces"]).max())] for k, (a, p) in enumerate(zip(frames, preds))]
+        for key in ("energy_std", "max_forces_std"):
+            if key in p:
+                atoms.info[key] = p[key]
+        if "forces_std" in p:
+            atoms.arrays["forces_std"] = p["forces_std"]
+    # temp file beside the output (never beside the input), renamed when complete
+    with atomic_path(out) as tmp:
+        try:
+            ase.io.write(tmp, frames, format=fmt)
+        except Exception as err:
+            if write_error_reason(err) is not None:
+                raise  # a disk error (full, read-only, ...): atomic_path reports it
+            raise NNPError(f"{out}: cannot write ({type(err).__name__}: {err})") from None
+    committee = bool(preds) and "max_forces_std" in preds[0]
+    rows = []
+    for k, (a, p) in enumerate(zip(frames, preds)):
+        row = [k, a.get_chemical_formula(), len(a), p["energy"], float(np.abs(p["forces"]).max())]
+        rows.append(row + [p["energy_std"], p["max_forces_std"]] if committee else row)
+    columns = ["#", "formula", "atoms", "energy (eV)", "max |F| (eV/Å)"]
+    if committee:
+        columns += ["energy std (eV)", "max force std (eV/Å)"]
     if len(rows) > 10:
-        rows = rows[:5] + [["…", "", "", "", ""]] + rows[-3:]
-    console.print(table(f"{len(frames)} structures from {inp}", ["#", "formula", "atoms", "energy (eV)", "max |F| (eV/Å)"], rows))
+        rows = rows[:5] + [["…"] + [""] * (len(columns) - 1)] + rows[-3:]
+    console.print(table(f"{len(frames)} structures from {inp}", columns, rows))
     console.print(f"wrote {out}")
     return preds

@@ -6,7 +6,6 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,10 +15,12 @@ console = Console(highlight=False)
 
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename): an interrupted run loses nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write JSON atomically (:func:`nnp.outputs.atomic_path`): an interrupted run loses nothing.
+
+    Non-finite floats become ``null``. Existing files are replaced: commands
+    refuse them beforehand (:func:`nnp.outputs.check_writable`) unless ``overwrite=true``.
+    """
+    from nnp.outputs import atomic_path
 
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):
@@ -30,8 +31,9 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
             return [clean(x) for x in v]
         return v
 
-    tmp.write_text(json.dumps(clean(dict(data)), indent=2) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(clean(dict(data)), indent=2) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -91,6 +91,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     ]
     precision = "64-true" if cfg.dtype == "float64" else trainer_kwargs.pop("precision", "32-true")
     trainer_kwargs.pop("precision", None)
+    # Lightning's model summary (a table with "FLOPs" and "Modules in train mode") and its
+    # info lines only with verbose=true: our own tables say what matters.
+    verbose = bool(cfg.get("verbose", False))
+    trainer_kwargs.setdefault("enable_model_summary", verbose)
+    if verbose:
+        _quiet_lightning(level="INFO")
     try:
         return pl.Trainer(
             default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers,
@@ -101,16 +107,58 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         raise NNPError(f"trainer config: {err}") from None
 
 
-def _quiet_lightning() -> None:
-    """Keep Lightning's console to warnings: our own tables say what matters."""
+def _quiet_lightning(level: str = "WARNING") -> None:
+    """Keep Lightning's console to warnings (``verbose=true``: ``level="INFO"``): our own
+    tables say what matters. (matplotlib's font-cache line is silenced in nnp.cli.)"""
     import logging
     import warnings
 
     for name in ("pytorch_lightning", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def split_digest(split: dict[str, np.ndarray]) -> str:
+    """A short fingerprint of a split's index sets: models with the same digest held out the same data."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for part in ("train", "val", "test"):
+        h.update(part.encode())
+        h.update(np.sort(np.asarray(split[part], dtype=np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def trainer_rank() -> int:
+    """This process's global rank (0 without data-parallel training)."""
+    return 0 if _is_rank_zero() else 1
+
+
+def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtype, out_dir: Path) -> tuple[Potential, dict]:
+    """Train one potential (Lightning) with checkpoints and logs in ``out_dir``; the best weights."""
+    from nnp.training import PotentialModule
+    from nnp.training.datamodule import AtomsDataModule
+
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3)).to(dtype)
+    n_params = sum(p.numel() for p in potential.parameters())
+    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}")
+    module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
+    datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
+    trainer = build_trainer(cfg, out_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    info = {
+        "epochs": int(trainer.current_epoch),
+        "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
+        "n_parameters": n_params,
+    }
+    return module.potential.cpu().eval(), info
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -119,8 +167,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _quiet_lightning()
 
     from nnp.evaluate import parity_plot, predict_dataset, print_metrics
-    from nnp.training import PotentialModule
-    from nnp.training.datamodule import AtomsDataModule
 
     t0 = time.time()
     run_dir = _run_dir()
@@ -159,40 +205,64 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ))
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3)).to(dtype)
-    n_params = sum(p.numel() for p in potential.parameters())
-    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}")
+    ensemble = dict(OmegaConf.to_container(cfg.ensemble, resolve=True)) if cfg.get("ensemble") is not None else {}
+    size = int(ensemble.get("size", 1))
+    bootstrap = bool(ensemble.get("bootstrap", False))
+    if size < 1:
+        raise NNPError(f"ensemble.size={size}: must be at least 1")
+    if size > 1 and cfg.resume:
+        raise NNPError("resume with ensemble.size > 1: resume one member's run instead (members/K/checkpoints/last.ckpt)")
     if _is_rank_zero():
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-
-    module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
-    datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
-    trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    potential = module.potential.cpu().eval()
-    if trainer.global_rank != 0:
-        return {}
-    metadata = {
+    shared = {
         "data": data_cfg,
         "split_file": str(run_dir / "split.npz"),
+        "split_digest": split_digest(split),
         "run_dir": str(run_dir),
-        "epochs": int(trainer.current_epoch),
-        "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
-        "train_seconds": round(time.time() - t0, 1),
-        "n_parameters": n_params,
     }
-    potential.save(model_path, metadata)
+    members: list[Potential] = []
+    for k in range(size):
+        member_dir = run_dir if size == 1 else run_dir / "members" / str(k)
+        seed = int(cfg.seed) + k
+        train_idx = split["train"]
+        if bootstrap and size > 1:
+            # each member sees a resample (with replacement) of the same training structures
+            train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, size=len(train_idx), replace=True))
+        if size > 1:
+            console.print(f"[bold]committee member {k + 1}/{size}[/] (seed {seed}{', bootstrap' if bootstrap else ''}) in {member_dir}")
+        pl.seed_everything(seed, verbose=False)
+        potential, fit_info = _fit(cfg, dataset, {**split, "train": train_idx}, model_cfg, loss_cfg, species, atomref, scale, dtype, member_dir)
+        if trainer_rank() != 0:
+            continue
+        metadata = {**shared, **fit_info, "seed": seed, "train_seconds": round(time.time() - t0, 1)}
+        potential.metadata = metadata
+        if size > 1:
+            metadata.update(member=k, bootstrap=bootstrap)
+            potential.save(member_dir / str(cfg.model_file), metadata)
+        members.append(potential)
+    if trainer_rank() != 0:
+        return {}
+    if size == 1:
+        model = members[0]
+        model.save(model_path, model.metadata)
+    else:
+        from nnp.committee import Committee
+
+        sources = [str(run_dir / "members" / str(k) / str(cfg.model_file)) for k in range(size)]
+        model = Committee(members, sources=sources, metadata={**shared, "ensemble_size": size, "bootstrap": bootstrap})
+        model.save(model_path)
     result: dict[str, Any] = {"model": str(model_path), "run_dir": str(run_dir)}
     if cfg.evaluate_test and len(split["test"]) > 0:
-        report = predict_dataset(potential, dataset, split["test"], batch_size=int(data_cfg.get("batch_size", 32)) * 2)
+        report = predict_dataset(model, dataset, split["test"], batch_size=int(data_cfg.get("batch_size", 32)) * 2)
         metrics = report["metrics"]
         metrics.update(model=str(model_path), data=str(data_cfg["path"]), split="test")
         print_metrics(metrics, "test split")
+        if size > 1:
+            from nnp.evaluate import print_uncertainty, uncertainty_report
+
+            metrics["n_members"] = size
+            metrics["uncertainty"] = uncertainty_report(report["samples"])
+            print_uncertainty(metrics["uncertainty"])
         write_json(run_dir / "test_report.json", metrics)
         parity_plot(report["samples"], run_dir / "test_report.png", "test split")
         result["test"] = metrics

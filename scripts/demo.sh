@@ -16,10 +16,10 @@ echo "== 1/4 train: ANI on datasets/chno-mini.h5 (${EPOCHS} epochs or ${MAX_TIME
     hydra.run.dir="$OUT/run" overwrite=true
 
 echo "== 2/4 evaluate on the held-out test split"
-"$NNP" evaluate ckpt="$OUT/run/model.pt" split=test output="$OUT/report.json"
+"$NNP" evaluate ckpt="$OUT/run/model.pt" split=test output="$OUT/report.json" overwrite=true
 
 echo "== 3/4 predict energies and forces of datasets/molecules.extxyz"
-"$NNP" predict ckpt="$OUT/run/model.pt" input=datasets/molecules.extxyz output="$OUT/predicted.extxyz"
+"$NNP" predict ckpt="$OUT/run/model.pt" input=datasets/molecules.extxyz output="$OUT/predicted.extxyz" overwrite=true
 
 # phenol is among the demo's training molecules; the small demo model has not seen aspirin
 echo "== 4/4 md: NVE phenol, ${MD_STEPS} steps of 0.5 fs from 300 K"

@@ -11,7 +11,9 @@ from ase import Atoms
 from ase.io import write
 from conftest import REPO, TINY_TRAIN, assert_clean_error, run_nnp, write_h5_subset
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli")]
+# Not in the "cli" xdist group: these spread over both workers (a worker that needs
+# the trained_run fixture trains its own tiny model, ~20 s, instead of queueing).
+pytestmark = [pytest.mark.slow]
 
 
 def digest(path) -> str:
@@ -101,7 +103,8 @@ def test_unknown_element_in_predict(trained_run, tmp_path):
     write(path, Atoms("FeH", positions=[[0, 0, 0], [1.6, 0, 0]]))
     out = tmp_path / "out.extxyz"
     out.write_text("precious")
-    res = run_nnp("predict", f"ckpt={trained_run / 'model.pt'}", f"input={path}", f"output={out}")
+    # overwrite=true: the element check comes first, and a refused input writes nothing
+    res = run_nnp("predict", f"ckpt={trained_run / 'model.pt'}", f"input={path}", f"output={out}", "overwrite=true")
     assert_clean_error(res, str(path), "Fe", "not known")
     assert out.read_text() == "precious"
 

@@ -225,6 +225,7 @@ def test_element_outside_model_species():
 
 
 # ------------------------------------------------------------ reference data
+@pytest.mark.shared
 def test_shared_chno_matches_h5py():
     path = shared("chno-gfn2.h5")
     ds = open_dataset(_cfg(path, energy_key="gfn2.energy", forces_key="gfn2.forces"))

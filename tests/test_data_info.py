@@ -97,6 +97,7 @@ def test_info_bad_input(tmp_path, capsys):
     assert "data" in cli.usage()
 
 
+@pytest.mark.shared
 def test_info_shared_chno(capsys):
     path = shared("chno-gfn2.h5")
     r = _info(capsys, str(path), "energy_unit=hartree")

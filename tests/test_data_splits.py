@@ -141,9 +141,9 @@ def test_streaming_atomref_equals_dense_lstsq():
     np.testing.assert_allclose(ref, dense, rtol=1e-9, atol=1e-7)
     resid = (energies[idx] - comp[idx] @ dense) / comp[idx].sum(1)
     assert np.isclose(rms, np.sqrt(np.mean(resid**2)))
-    # a species absent from the training rows gets 0, the others are still fitted
-    ref2, _ = fit_atomref(ds, idx, species + [9])
-    assert ref2[-1] == 0.0 and np.allclose(ref2[:4], dense, atol=1e-7)
+    # a species absent from the training rows would get 0 eV: refused, naming it (tests/test_data_checks.py)
+    with pytest.raises(NNPError, match=r"F \(Z=9\) is in no structure of the training split"):
+        fit_atomref(ds, idx, species + [9])
 
 
 def test_atomref_on_hdf5_matches_dense(tmp_path):

@@ -7,18 +7,19 @@ once into memory: these files are the size people write by hand or from MD.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
 from nnp import keys
-from nnp.data.checks import check_min_distance
+from nnp.data.checks import check_atomic_numbers, check_cell, check_min_distance
 from nnp.data.datasets import AtomsDataset, encode_labels
 from nnp.errors import NNPError
 
 
 def read_structures(path: str):
-    """All structures of an ASE-readable file, with one clear error if it cannot be read."""
+    """All structures of an ASE-readable file, with one clear error if it cannot be read or a periodic cell cannot be inverted."""
     import ase.io
 
     if not os.path.isfile(path):
@@ -26,12 +27,58 @@ def read_structures(path: str):
     try:
         frames = ase.io.read(path, index=":")
     except Exception as err:  # ASE raises many types for malformed files
-        raise NNPError(f"{path}: ASE cannot read this file ({type(err).__name__}: {err})") from None
+        raise NNPError(f"{path}: ASE cannot read this file ({_reason(err)})") from None
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:
         raise NNPError(f"{path}: file holds no structures")
+    if path.lower().endswith((".xyz", ".extxyz")):
+        _check_xyz_end(path, len(frames))
+    for k, atoms in enumerate(frames):  # every command's input (train, predict, md): the neighbor list inverts the cell
+        check_cell(atoms.cell.array, atoms.pbc, f"{path}: structure {k}")
     return frames
+
+
+def _check_xyz_end(path: str, n_read: int) -> None:
+    """NNPError if text follows where ASE stopped: its (ext)xyz reader takes a blank line for the end of the file."""
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError as err:
+        raise NNPError(f"{path}: cannot read ({err.strerror})") from None
+    k, frames = 0, 0
+    while k < len(lines) and frames < n_read:  # walk the frames ASE read: count line, comment, atoms
+        try:
+            k += int(lines[k].split()[0]) + 2
+        except (ValueError, IndexError):
+            return  # not the plain layout (ASE read it anyway): nothing to compare
+        frames += 1
+    rest = next((i for i in range(k, len(lines)) if lines[i].strip()), None)
+    if frames == n_read and rest is not None:
+        raise NNPError(
+            f"{path}: line {rest + 1}: more text after a blank line (ASE stops reading at a blank line: "
+            f"{n_read} structure{'s' if n_read != 1 else ''} read); remove the blank line(s) between structures"
+        )
+
+
+def _row_id(path: str, k: int) -> str:
+    """' (row id N)' for the k-th row of an ASE database (in the order ASE selects), for messages."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            found = con.execute("SELECT id FROM systems ORDER BY id LIMIT 1 OFFSET ?", (k,)).fetchone()
+    except Exception:  # a corrupt file: the message goes without the id
+        return ""
+    return f" (row id {found[0]})" if found else ""
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as one short line, for messages."""
+    text = " ".join(str(err).split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _label(atoms, key: str, row_data: dict | None):
@@ -46,6 +93,44 @@ def _label(atoms, key: str, row_data: dict | None):
     if row_data and key in row_data:
         return row_data[key]
     return None
+
+
+def _number(value, where: str, what: str) -> float:
+    """A label that must be one number (an energy), else NNPError naming it."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, np.ndarray) and value.dtype.kind == "b"):
+        raise NNPError(f"{where}: {what} is not a number (got {_show(value)})")
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise NNPError(f"{where}: {what} is not a number (got {_show(value)})") from None
+    if arr.size != 1:
+        raise NNPError(f"{where}: {what} has {arr.size} values, expected one number")
+    return float(arr[0])
+
+
+def _floats(value, where: str, what: str) -> np.ndarray:
+    """A label that must be an array of numbers (forces), else NNPError naming it."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise NNPError(f"{where}: {what} are not numbers (got {_show(value)})") from None
+
+
+def _show(value) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _structure_arrays(atoms, where: str) -> np.ndarray:
+    """Atomic numbers (n,) int64 of a structure ASE read, with its arrays checked for consistency."""
+    numbers = np.asarray(atoms.numbers)
+    if numbers.dtype.kind not in "iu":
+        raise NNPError(f"{where}: atomic numbers have dtype {numbers.dtype}, expected integers")
+    numbers = numbers.astype(np.int64)
+    check_atomic_numbers(numbers, where)
+    if np.shape(atoms.positions) != (len(numbers), 3):
+        raise NNPError(f"{where}: positions have shape {np.shape(atoms.positions)}, expected ({len(numbers)}, 3)")
+    return numbers
 
 
 class AseDataset(AtomsDataset):
@@ -68,6 +153,7 @@ class AseDataset(AtomsDataset):
         has_forces = forces_key is not None
         for k, atoms in enumerate(frames):
             where = f"{self.path}: structure {k}"
+            numbers = _structure_arrays(atoms, where)
             data = extra[k] if extra else None
             e = _label(atoms, energy_key, data)
             if e is None:
@@ -77,11 +163,11 @@ class AseDataset(AtomsDataset):
                 if k == 0:
                     raise NNPError(f"{where}: no forces under key '{forces_key}' (set data.forces_key, or data.forces_key=null for energy-only data)")
                 raise NNPError(f"{where}: no forces under key '{forces_key}'")
-            e = float(np.asarray(e).reshape(-1)[0])
+            e = _number(e, where, f"energy '{energy_key}'")
             if f is not None:
-                f = np.asarray(f, dtype=np.float64)
+                f = _floats(f, where, f"forces '{forces_key}'")
                 if f.shape != (len(atoms), 3):
-                    raise NNPError(f"{where}: forces have shape {f.shape}, expected ({len(atoms)}, 3)")
+                    raise NNPError(f"{where}: forces '{forces_key}' have shape {f.shape}, expected ({len(atoms)}, 3)")
             if not np.isfinite(e) or (f is not None and not np.isfinite(f).all()):
                 if not skip_nan:
                     raise NNPError(f"{where}: NaN or infinite labels (set data.skip_nan=true to skip)")
@@ -90,12 +176,15 @@ class AseDataset(AtomsDataset):
             pos = atoms.positions * length_factor
             if not np.isfinite(pos).all():
                 raise NNPError(f"{where}: NaN or infinite coordinates")
+            cell = np.asarray(atoms.cell.array, dtype=np.float64) * length_factor
+            pbc = np.asarray(atoms.pbc, dtype=bool)
+            check_cell(cell, pbc, where)
             check_min_distance(pos, min_distance, where)
             sample = {
-                keys.Z: atoms.numbers.astype(np.int64),
+                keys.Z: numbers,
                 keys.R: pos.astype(np.float64),
-                keys.CELL: np.asarray(atoms.cell.array, dtype=np.float64) * length_factor,
-                keys.PBC: np.asarray(atoms.pbc, dtype=bool),
+                keys.CELL: cell,
+                keys.PBC: pbc,
                 keys.ENERGY: e * energy_factor,
             }
             if f is not None:
@@ -112,15 +201,26 @@ class AseDataset(AtomsDataset):
     def _read(path: str):
         """Frames, plus each row's ``data`` dict for ASE databases (QM9 keeps labels there)."""
         if path.endswith(".db") and os.path.isfile(path):
+            import sqlite3
+
             import ase.db
 
+            rows: list = []
             try:
                 with ase.db.connect(path) as db:
-                    rows = list(db.select())
+                    for row in db.select():
+                        rows.append(row)
             except Exception as err:
-                raise NNPError(f"{path}: ASE cannot read this database ({type(err).__name__}: {err})") from None
-            frames = [r.toatoms() for r in rows]
-            extra = [dict(r.data) | dict(r.key_value_pairs) for r in rows]
+                if rows or not isinstance(err, sqlite3.Error):  # a row's blobs or JSON, decoded in select()
+                    raise NNPError(f"{path}: structure {len(rows)}{_row_id(path, len(rows))}: ASE cannot read this row ({_reason(err)})") from None
+                raise NNPError(f"{path}: ASE cannot read this database ({_reason(err)})") from None
+            frames, extra = [], []
+            for k, row in enumerate(rows):
+                try:  # rows are decoded lazily: corrupt blobs and JSON fail here
+                    frames.append(row.toatoms())
+                    extra.append(dict(row.data) | dict(row.key_value_pairs))
+                except Exception as err:
+                    raise NNPError(f"{path}: structure {k} (row id {row.get('id')}): ASE cannot read this row ({_reason(err)})") from None
             if not frames:
                 raise NNPError(f"{path}: database holds no structures")
             return frames, extra

@@ -94,3 +94,44 @@ def finite_rows(values: np.ndarray) -> np.ndarray:
     if v.ndim == 1:
         return np.isfinite(v)
     return np.isfinite(v.reshape(len(v), -1)).all(axis=1)
+
+
+def check_atomic_numbers(numbers: np.ndarray, where: str) -> None:
+    """Raise NNPError naming ``where`` and the atom unless every atomic number is in 1..118."""
+    z = np.asarray(numbers).reshape(-1)
+    if len(z) == 0:
+        raise NNPError(f"{where}: no atoms")
+    bad = np.flatnonzero((z < 1) | (z > 118))
+    if len(bad):
+        k = int(bad[0])
+        raise NNPError(f"{where}: atom {k} has atomic number {int(z[k])}, out of range 1..118 (dummy/ghost atoms are not supported)")
+
+
+#: |det(cell)| / (|a| |b| |c|) below this: the cell vectors are (nearly) linearly dependent.
+_SINGULAR_CELL = 1e-8
+
+
+def check_cell(cell: np.ndarray, pbc: np.ndarray, where: str) -> None:
+    """Raise NNPError naming ``where`` if a periodic structure's cell cannot be inverted.
+
+    The neighbor list inverts the cell of every structure periodic in any
+    direction, so all three vectors (rows) must be finite, non-zero and
+    linearly independent; non-periodic structures are not checked (their
+    cell is not used).
+    """
+    pbc = np.asarray(pbc, dtype=bool).reshape(-1)
+    if not pbc.any():
+        return
+    cell = np.asarray(cell, dtype=np.float64)
+    if cell.shape != (3, 3):
+        raise NNPError(f"{where}: cell has shape {cell.shape}, expected (3, 3)")
+    if not np.isfinite(cell).all():
+        raise NNPError(f"{where}: cell contains NaN or infinite values")
+    for k in range(3):
+        if not cell[k].any():
+            hint = " (a structure periodic in any direction needs three non-zero cell vectors"
+            hint += ", also along its non-periodic ones)" if not pbc[k] else ")"
+            raise NNPError(f"{where}: cell vector {k} has zero length{hint}")
+    unit = cell / np.abs(cell).max(axis=1, keepdims=True)  # the test is scale-free: no overflow for huge cells
+    if abs(float(np.linalg.det(unit))) <= _SINGULAR_CELL * float(np.prod(np.linalg.norm(unit, axis=1))):
+        raise NNPError(f"{where}: cell is singular (its three vectors lie in one plane or on one line)")

@@ -11,7 +11,6 @@ default: beside ``out``) and checked against their published checksums.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +18,21 @@ from nnp.errors import NNPError
 
 USAGE = __doc__.split("\n\n")[1].rstrip()
 
-_NULL = ("null", "none", "~", "")
 
+def _option_schemas() -> dict[str, type]:
+    """Declared options of each command (:mod:`nnp.config.options`): types, ranges, choices."""
+    from nnp.config.options import InfoOptions, PrepareANI1xOptions, PrepareQM9Options
 
-def _bool(name: str, value: str) -> bool:
-    if value.lower() in ("true", "yes", "1"):
-        return True
-    if value.lower() in ("false", "no", "0"):
-        return False
-    raise NNPError(f"{name}={value}: expected true or false")
-
-
-def _float(name: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise NNPError(f"{name}={value}: expected a number") from None
-
-
-def _text_or_null(name: str, value: str) -> str | None:
-    return None if value.lower() in _NULL else value
-
-
-#: Options of each command: name -> parser(name, value).
-_OPTIONS: dict[str, dict[str, Callable[[str, str], Any]]] = {
-    "qm9": {"out": _text_or_null, "source": _text_or_null, "atomref": _text_or_null, "download_dir": _text_or_null, "overwrite": _bool},
-    "ani1x": {
-        "out": _text_or_null, "source": _text_or_null, "energy_key": _text_or_null, "forces_key": _text_or_null,
-        "download_dir": _text_or_null, "overwrite": _bool,
-    },
-    "info": {
-        "format": _text_or_null, "energy_key": _text_or_null, "forces_key": _text_or_null, "group_key": _text_or_null,
-        "energy_unit": _text_or_null, "length_unit": _text_or_null, "max_force": _float, "min_distance": _float,
-        "json": _text_or_null,
-    },
-}
+    return {"qm9": PrepareQM9Options, "ani1x": PrepareANI1xOptions, "info": InfoOptions}
 
 
 def parse_options(command: str, args: list[str]) -> dict[str, Any]:
-    """``key=value`` arguments -> typed options; NNPError on unknown keys or bad values."""
-    allowed = _OPTIONS[command]
-    out: dict[str, Any] = {}
-    for arg in args:
-        if "=" not in arg:
-            raise NNPError(f"nnp data {command}: unexpected argument {arg!r}; options are key=value ({', '.join(allowed)})")
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+")
-        if key not in allowed:
-            raise NNPError(f"nnp data {command}: unknown option {key!r}; options: {', '.join(allowed)}")
-        out[key] = allowed[key](key, value)
-    return out
+    """``key=value`` arguments -> typed options; NNPError (one line: key, value, what is allowed)
+    on unknown keys or bad values. Only the options given are returned."""
+    from nnp.config.options import parse_options as parse
+
+    label = "nnp data info" if command == "info" else f"nnp data prepare {command}"
+    return parse(label, _option_schemas()[command], args)
 
 
 def _prepare(args: list[str]) -> int:
@@ -80,11 +44,7 @@ def _prepare(args: list[str]) -> int:
     name, rest = args[0], args[1:]
     if name not in PREPARERS:
         raise NNPError(f"nnp data prepare: unknown data set {name!r}; choose {', '.join(PREPARERS)}")
-    options = parse_options(name, rest)
-    if not options.get("out"):
-        raise NNPError(f"nnp data prepare {name}: give the output file, e.g. out={name}.h5")
-    if name == "ani1x" and "forces_key" in options and options["forces_key"] is None:
-        options["forces_key"] = None  # energy-only (e.g. ccsd(t)_cbs.energy)
+    options = parse_options(name, rest)  # out= is required; forces_key=null: energy only (e.g. ccsd(t)_cbs.energy)
     PREPARERS[name](**options)
     return 0
 

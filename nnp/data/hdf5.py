@@ -39,16 +39,19 @@ from nnp.data.hdf5_layout import (  # noqa: F401  (re-exported: nnp.data.hdf5 is
     _CHUNK_ELEMENTS,
     _COORD_KEYS,
     _NUMBER_KEYS,
+    H5_ERRORS,
     GroupLayout,
     _decode,
     _pread_into,
     _pread_matches,
     _raw_offset,
+    _reason,
     _small_attrs,
     _unit_factor,
     describe_group,
     find_data_groups,
     open_h5,
+    reading,
 )
 from nnp.errors import NNPError
 
@@ -121,8 +124,8 @@ class HDF5Dataset(AtomsDataset):
             for layout in layouts:
                 try:
                     keep, energy, tmp_labels = self._scan_group(f, layout, skip_nan, min_distance, label_ids, fd)
-                except (OSError, RuntimeError, ValueError, TypeError) as err:
-                    raise NNPError(f"{layout.where}: cannot read ({err}); is the file truncated or corrupt?") from None
+                except H5_ERRORS as err:  # a read not wrapped by `reading` (which names the dataset)
+                    raise NNPError(f"{layout.where}: cannot read ({_reason(err)}); is the file truncated or corrupt?") from None
                 gid = len(self.h5_groups)
                 self.h5_groups.append(layout.name)
                 self._group_numbers.append(layout.numbers)
@@ -148,16 +151,20 @@ class HDF5Dataset(AtomsDataset):
 
     def _scan_group(self, f, layout: GroupLayout, skip_nan: bool, min_distance: float, label_ids: dict, fd: int):
         """Rows to keep (sorted), energies (n_conf,) in file units, temporary label ids (n_conf,)."""
-        g = f[layout.name] if layout.name else f
         where = layout.where
-        energy = np.asarray(g[self.energy_key][()], dtype=np.float64).reshape(-1)
+        with reading(where):
+            g = f[layout.name] if layout.name else f
+        with reading(where, self.energy_key):
+            energy = np.asarray(g[self.energy_key][()], dtype=np.float64).reshape(-1)
         ok = np.isfinite(energy)
         if not ok.all():
             if not skip_nan:
                 raise NNPError(f"{where} row {int(np.flatnonzero(~ok)[0])}: NaN or infinite energy '{self.energy_key}' (set data.skip_nan=true to skip such rows)")
             self.skipped["energy"] += int((~ok).sum())
-        coords = g[layout.coord_key]
-        forces = g[self.forces_key] if self.has_forces else None
+        with reading(where, layout.coord_key):
+            coords = g[layout.coord_key]
+        with reading(where, self.forces_key):
+            forces = g[self.forces_key] if self.has_forces else None
         offsets = {"coords": _raw_offset(coords) if fd >= 0 else None}
         offsets["forces"] = _raw_offset(forces) if forces is not None and fd >= 0 else None
         labels = np.zeros(layout.n_conf, dtype=np.int32)
@@ -165,19 +172,23 @@ class HDF5Dataset(AtomsDataset):
             labels[:] = label_ids.setdefault(layout.name or "/", len(label_ids))
         for start, stop in layout.row_chunks():
             part = ok[start:stop]
+            rows = f"{where} rows {start}-{stop - 1}"
             if forces is not None:
-                fin = finite_rows(forces[start:stop])
+                with reading(rows, self.forces_key):
+                    fin = finite_rows(forces[start:stop])
                 bad = part & ~fin
                 if bad.any():
                     if not skip_nan:
                         raise NNPError(f"{where} row {start + int(np.flatnonzero(bad)[0])}: NaN or infinite forces '{self.forces_key}' (set data.skip_nan=true to skip such rows)")
                     self.skipped["forces"] += int(bad.sum())
                     part &= fin
-            xyz = coords[start:stop]
+            with reading(rows, layout.coord_key):
+                xyz = coords[start:stop]
             if start == 0 and len(xyz):
                 for which, ds, first in (("coords", coords, xyz[0]), ("forces", forces, None)):
                     if offsets[which] is not None:
-                        ref = first if first is not None else ds[0]
+                        with reading(rows, layout.coord_key if which == "coords" else self.forces_key):
+                            ref = first if first is not None else ds[0]
                         if not _pread_matches(fd, offsets[which], ref):
                             offsets[which] = None
             fin = finite_rows(xyz)
@@ -199,7 +210,8 @@ class HDF5Dataset(AtomsDataset):
                         f"(< data.min_distance={min_distance} Å): overlapping atoms"
                     )
             if layout.label_key is not None:
-                chunk = np.asarray(g[layout.label_key][start:stop]).reshape(stop - start, -1)[:, 0]
+                with reading(rows, layout.label_key):
+                    chunk = np.asarray(g[layout.label_key][start:stop]).reshape(stop - start, -1)[:, 0]
                 uniq, inverse = np.unique(chunk, return_inverse=True)
                 ids = np.array([label_ids.setdefault(_decode(u), len(label_ids)) for u in uniq], dtype=np.int32)
                 labels[start:stop] = ids[inverse.reshape(-1)]
@@ -299,11 +311,15 @@ class HDF5Dataset(AtomsDataset):
             if b < len(ug) and ug[b] == ug[a]:
                 continue
             gid, these = ug[a], ur[a:b]
-            try:
-                block = self._read(gid, "coords", these).astype(np.float64)
-                fblock = self._read(gid, "forces", these).astype(np.float64) if self.has_forces else None
-            except (OSError, RuntimeError, ValueError) as err:
-                raise NNPError(f"{self.path}:/{self.h5_groups[gid]} rows {these[:3]}: cannot read ({err})") from None
+            which = "coords"
+            try:  # (no `reading` context here: this is the training loop's path)
+                block = self._read(gid, which, these).astype(np.float64)
+                which = "forces"
+                fblock = self._read(gid, which, these).astype(np.float64) if self.has_forces else None
+            except H5_ERRORS as err:
+                key = self._group_coord_key[gid] if which == "coords" else self.forces_key
+                rows = f"{these[:3]}{'...' if len(these) > 3 else ''}"
+                raise NNPError(f"{self.path}:/{self.h5_groups[gid]} rows {rows}: cannot read '{key}' ({_reason(err)}); is the file truncated or corrupt?") from None
             if l_fac != 1.0:
                 block *= l_fac
             coords.extend(block)

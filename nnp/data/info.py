@@ -232,6 +232,12 @@ def _pick_key(names: list[str], wanted: str, preferred: tuple[str, ...]) -> str 
     return matches[0] if matches else None
 
 
+def _text_attr(attrs: dict, name: str) -> str | None:
+    """A file attribute that names a key or unit: a non-empty string, else None."""
+    value = attrs.get(name)
+    return value if isinstance(value, str) and value else None
+
+
 def hdf5_info(
     path: str,
     energy_key: str | None = None,
@@ -247,10 +253,12 @@ def hdf5_info(
     from nnp.data.hdf5_layout import (
         _COORD_KEYS,
         _NUMBER_KEYS,
+        _member_names,
         _small_attrs,
         describe_group,
         find_data_groups,
         open_h5,
+        reading,
     )
     from nnp.data.progress import progress
     from nnp.units import energy_factor, length_factor
@@ -260,19 +268,23 @@ def hdf5_info(
         names = find_data_groups(f, (*_COORD_KEYS, *_NUMBER_KEYS))
         if not names:
             raise NNPError(f"{path}: no group holds 'coordinates' (is this the ANI-1x layout?)")
-        first = list((f[names[0]] if names[0] else f).keys())
-        energy_key = energy_key or attrs.get("energy_key") or _pick_key(first, "energy", ("wb97x_dz.energy",))
+        with reading(f"{path}:/{names[0]}"):
+            first = [n.rstrip("/") for n in _member_names(f[names[0]] if names[0] else f, f"{path}:/{names[0]}")]
+        energy_key = energy_key or _text_attr(attrs, "energy_key") or _pick_key(first, "energy", ("wb97x_dz.energy",))
         if forces_key is None and auto_forces:
-            forces_key = attrs.get("forces_key") or None
+            forces_key = _text_attr(attrs, "forces_key")
             if forces_key is None and energy_key:
                 stem = energy_key.rsplit(".", 1)[0] if "." in energy_key else ""
                 forces_key = _pick_key(first, "forces", ((stem + ".forces") if stem else "forces",))
-        unit = energy_unit or attrs.get("energy_unit")
+        unit = energy_unit or _text_attr(attrs, "energy_unit")
         notes = []
         if energy_key and not unit:
             notes.append("energy unit not recorded in the file: assumed eV (pass energy_unit=hartree for ANI-1x)")
-        e_fac = energy_factor(unit or "eV")
-        l_fac = length_factor(length_unit or attrs.get("length_unit") or "angstrom")
+        try:
+            e_fac = energy_factor(unit or "eV")
+            l_fac = length_factor(length_unit or _text_attr(attrs, "length_unit") or "angstrom")
+        except NNPError as err:
+            raise NNPError(f"{path}: {err} (from energy_unit/length_unit or the file's attributes)") from None
         stats = _Stats(max_force=max_force, min_distance=min_distance)
         layouts = []
         with progress() as bar:
@@ -280,23 +292,28 @@ def hdf5_info(
             for name in names:
                 layout = describe_group(f, name, energy_key, forces_key, group_key)
                 layouts.append(layout)
-                g = f[name] if name else f
+                with reading(layout.where):
+                    g = f[name] if name else f
                 stats.start_group(layout.where.split(":/", 1)[1] or "/", layout.numbers, layout.n_conf)
-                try:
+                with reading(layout.where, energy_key):
                     energy = np.asarray(g[energy_key][()], dtype=np.float64).reshape(-1) * e_fac if energy_key else None
-                    for start, stop in layout.row_chunks():
+                for start, stop in layout.row_chunks():
+                    rows = f"{layout.where} rows {start}-{stop - 1}"
+                    with reading(rows, layout.coord_key):
                         xyz = np.asarray(g[layout.coord_key][start:stop], dtype=np.float64) * l_fac
+                    with reading(rows, forces_key):
                         forces = np.asarray(g[forces_key][start:stop], dtype=np.float64) * (e_fac / l_fac) if forces_key else None
+                    with reading(rows, layout.label_key):
                         labels = np.asarray(g[layout.label_key][start:stop]).reshape(stop - start, -1)[:, 0] if layout.label_key else None
-                        stats.add_rows(name or "/", start, layout.numbers, xyz, None if energy is None else energy[start:stop], forces, labels)
-                except (OSError, RuntimeError, ValueError) as err:
-                    raise NNPError(f"{layout.where}: cannot read ({err}); is the file truncated or corrupt?") from None
+                    stats.add_rows(name or "/", start, layout.numbers, xyz, None if energy is None else energy[start:stop], forces, labels)
                 bar.advance(task)
 
         def energies():
             for layout in layouts:
-                g = f[layout.name] if layout.name else f
-                yield layout.name or "/", layout.numbers, np.asarray(g[energy_key][()], dtype=np.float64).reshape(-1) * e_fac
+                with reading(layout.where, energy_key):
+                    g = f[layout.name] if layout.name else f
+                    values = np.asarray(g[energy_key][()], dtype=np.float64).reshape(-1) * e_fac
+                yield layout.name or "/", layout.numbers, values
 
         outliers = stats.energy_outliers(energies) if energy_key else None
     report = {
@@ -324,7 +341,7 @@ def ase_info(
     **_ignored,
 ) -> dict:
     """Summary of an ASE-readable file (read whole: these are small)."""
-    from nnp.data.ase_files import AseDataset, _label
+    from nnp.data.ase_files import AseDataset, _floats, _label, _number, _structure_arrays
     from nnp.units import energy_factor, length_factor
 
     frames, extra = AseDataset._read(path)
@@ -336,13 +353,16 @@ def ase_info(
     energies = []
     for k, atoms in enumerate(frames):
         data = extra[k] if extra else None
-        numbers = atoms.numbers.astype(np.int64)
+        where = f"{path}: structure {k}"
+        numbers = _structure_arrays(atoms, where)
         e = _label(atoms, energy_key, data)
         f = _label(atoms, forces_key, data)
-        energy = None if e is None else np.array([float(np.asarray(e).reshape(-1)[0]) * e_fac])
+        energy = None if e is None else np.array([_number(e, where, f"energy '{energy_key}'") * e_fac])
         forces = None
-        if f is not None and np.shape(f) == (len(atoms), 3):
-            forces = np.asarray(f, dtype=np.float64)[None] * (e_fac / l_fac)
+        if f is not None:
+            f = _floats(f, where, f"forces '{forces_key}'")
+            if f.shape == (len(atoms), 3):
+                forces = f[None] * (e_fac / l_fac)
         stats.start_group(f"structure {k}", numbers, 1)
         stats.add_rows(f"structure {k}", 0, numbers, atoms.positions[None] * l_fac, energy, forces, None)
         energies.append((f"structure {k}", numbers, energy if energy is not None else np.array([np.nan])))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnp.data.datasets import AtomsDataset
+from nnp.errors import NNPError
 
 
 def _chunks(indices: np.ndarray, chunk: int):
@@ -24,9 +25,11 @@ def fit_atomref(
 ) -> tuple[np.ndarray, float]:
     """Reference energy per species (S,) eV and the per-atom RMS of the residual (eV).
 
-    Species absent from ``indices`` get 0; when compositions are collinear
-    (e.g. one formula only) the minimum-norm solution is returned. Structures
-    without a finite energy are left out.
+    Every species must occur in a structure of ``indices`` with a finite
+    energy: one that does not would get a reference energy of 0 eV (off by
+    ~10^3 eV per atom for heavy elements), so NNPError names it instead. When
+    compositions are collinear (e.g. one formula only) the minimum-norm
+    solution is returned. Structures without a finite energy are left out.
     """
     indices = np.asarray(indices, dtype=np.int64)
     energies = dataset.energies()
@@ -48,6 +51,8 @@ def fit_atomref(
         ata += a.T @ a
         atb += a.T @ e
     present = np.flatnonzero(np.diag(ata) > 0)
+    if len(present) < s:
+        _absent_species_error(dataset, indices, [species[k] for k in range(s) if k not in set(present.tolist())])
     atomref = np.zeros(s)
     if len(present):
         sol, *_ = np.linalg.lstsq(ata[np.ix_(present, present)], atb[present], rcond=None)
@@ -62,3 +67,25 @@ def fit_atomref(
         n += int(ok.sum())
     rms = float(np.sqrt(sq / max(n, 1)))
     return atomref, rms
+
+
+def _absent_species_error(dataset: AtomsDataset, indices: np.ndarray, missing: list[int]) -> None:
+    """NNPError naming the elements that no training structure (with an energy) contains."""
+    from ase.data import chemical_symbols
+
+    n = len(dataset)
+    counts = dataset.composition_matrix(np.arange(n), missing).astype(bool).sum(0) if n <= 1_000_000 else None
+    names = []
+    for k, z in enumerate(missing):
+        label = f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}"
+        if counts is not None and counts[k]:
+            label += f" in {int(counts[k])} of {n} structures"
+        names.append(label)
+    where = f"{dataset.path}: " if getattr(dataset, "path", None) else ""
+    several = len(missing) > 1
+    raise NNPError(
+        f"{where}element{'s' if several else ''} {'; '.join(names)} {'are' if several else 'is'} in no structure "
+        f"of the training split ({len(indices)} structures), so {'their' if several else 'its'} reference energy "
+        "would be 0 eV: use a larger training split (data.split.train), a grouped split (data.split.by=group) "
+        "or another data.split.seed, or remove those structures"
+    )

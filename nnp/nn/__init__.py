@@ -3,7 +3,7 @@
 from nnp.nn.cutoff import CosineCutoff, PolynomialCutoff, build_cutoff
 from nnp.nn.mlp import ElementwiseMLP, ShiftedSoftplus, build_activation, build_mlp
 from nnp.nn.radial import BesselRBF, GaussianRBF, InverseGaussianRBF, build_radial_basis
-from nnp.nn.scatter import halve_pairs, pair_halves, scatter_sum
+from nnp.nn.scatter import halve_pairs, pair_halves, scatter_max, scatter_sum
 
 __all__ = [
     "CosineCutoff",
@@ -13,6 +13,7 @@ __all__ = [
     "GaussianRBF",
     "InverseGaussianRBF",
     "build_radial_basis",
+    "scatter_max",
     "scatter_sum",
     "halve_pairs",
     "pair_halves",

@@ -58,3 +58,12 @@ def halve_pairs(
     if perm is None:
         return i, j, distances, None
     return i.index_select(0, perm), j.index_select(0, perm), distances.index_select(0, perm[: perm.shape[0] // 2]), perm
+
+
+def scatter_max(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """Largest value of ``src`` (E,) in each of ``dim_size`` bins given by ``index`` (E,); 0 for empty bins.
+
+    For non-negative quantities (spreads, norms), where 0 is the natural empty value.
+    """
+    out = torch.zeros(dim_size, dtype=src.dtype, device=src.device)
+    return out.scatter_reduce(0, index, src, reduce="amax", include_self=True)

@@ -10,8 +10,8 @@ import torch
 
 from nnp import keys
 from nnp.calculator import batch_to
-from nnp.errors import NNPError
 from nnp.potential import Potential
+from nnp.registry import OPTIMIZERS, SCHEDULERS
 from nnp.training.loss import EnergyForceLoss
 
 
@@ -52,31 +52,12 @@ class PotentialModule(pl.LightningModule):
         return self._step(batch, "test")
 
     def configure_optimizers(self):
+        # Optimizers and schedules are named choices (nnp.registry), like every `name:` in the configs.
         cfg = self.optim_cfg
-        name = str(cfg.get("name", "adamw")).lower()
-        params = self.potential.parameters()
-        lr = float(cfg.get("lr", 1e-3))
-        wd = float(cfg.get("weight_decay", 0.0))
-        if name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        elif name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        elif name == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)), weight_decay=wd)
-        else:
-            raise NNPError(f"optim.name={name!r}: choose adamw, adam or sgd")
+        optimizer = OPTIMIZERS.get(cfg.get("name") or "adamw")(self.potential.parameters(), cfg)
         sched = dict(cfg.get("scheduler") or {})
-        kind = str(sched.get("name", "none")).lower()
-        if kind in ("none", "null", ""):
-            return opt
-        if kind == "plateau":
-            s = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=float(sched.get("factor", 0.5)),
-                patience=int(sched.get("patience", 10)), min_lr=float(sched.get("min_lr", 1e-6)),
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "monitor": "val_loss", "interval": "epoch"}}
-        if kind == "cosine":
-            t_max = int(sched.get("t_max", 0)) or int(self.trainer.max_epochs or 100)
-            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=float(sched.get("min_lr", 1e-6)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}
-        raise NNPError(f"optim.scheduler.name={kind!r}: choose plateau, cosine or none")
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        schedule = SCHEDULERS.get(sched.get("name") or "none")(optimizer, sched, max_epochs)
+        if schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -14,10 +14,8 @@ unchanged. Memory stays bounded: rows are copied a chunk at a time.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from nnp.data.checks import finite_rows
@@ -25,6 +23,7 @@ from nnp.data.hdf5_layout import describe_group, find_data_groups, open_h5
 from nnp.data.prepare.download import Remote, check_local, fetch, output_path
 from nnp.data.progress import console, progress
 from nnp.errors import NNPError
+from nnp.outputs import atomic_path, hdf5_writer, write_error_reason
 
 RELEASE = Remote(
     url="https://ndownloader.figshare.com/files/18112775",
@@ -43,19 +42,15 @@ def convert(
     source_sha256: str = "",
 ) -> dict:
     """Copy the chosen labels of every group, without NaN rows; returns a summary."""
-    tmp = out.with_name(out.name + ".part")
-    try:
+    with atomic_path(out) as tmp:  # complete, or not there under the final name
         summary = _copy(source, tmp, energy_key, forces_key, source_sha256)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return {"output": str(out), **summary}
 
 
 def _copy(source: Path, tmp: Path, energy_key: str, forces_key: str | None, source_sha256: str) -> dict:
     kept = skipped = 0
-    with open_h5(str(source)) as src, h5py.File(tmp, "w") as dst:
+    # the output through hdf5_writer: a full disk is one clear error, not a crash inside HDF5
+    with open_h5(str(source)) as src, hdf5_writer(tmp) as dst:
         names = find_data_groups(src, ("coordinates", "atomic_numbers", energy_key))
         if not names:
             raise NNPError(f"{source}: no group holds 'coordinates' (is this the ANI-1x release?)")
@@ -90,6 +85,8 @@ def _copy(source: Path, tmp: Path, energy_key: str, forces_key: str | None, sour
                                 pos += len(sel)
                     kept += len(keep)
                 except (OSError, RuntimeError, ValueError) as err:
+                    if write_error_reason(err) is not None:
+                        raise  # the output's disk is full or read-only: atomic_path names the output
                     raise NNPError(f"{layout.where}: cannot read ({err}); is the file truncated or corrupt?") from None
         dst.attrs.update(
             {

@@ -113,9 +113,8 @@ def fetch(remote: Remote, directory: Path, url: str | None = None) -> tuple[Path
 
 
 def output_path(out: str, overwrite: bool) -> Path:
-    """The converter's output file: refused if it exists (unless ``overwrite``); its folder created."""
-    out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise NNPError(f"{out_path} exists; pass overwrite=true to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    return out_path
+    """The converter's output file, checked before any download or conversion: refused if it
+    exists (unless ``overwrite``) or if its folder cannot be written (:func:`nnp.outputs.check_writable`)."""
+    from nnp.outputs import check_writable
+
+    return check_writable(out, overwrite, what="out")

@@ -30,18 +30,17 @@ and the archive's ``source_sha256``.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from nnp.data.prepare.download import Remote, check_local, fetch, output_path
 from nnp.data.progress import console, progress
 from nnp.errors import NNPError
+from nnp.outputs import atomic_path, hdf5_writer
 from nnp.units import energy_factor
 
 ARCHIVE = Remote(
@@ -191,19 +190,14 @@ def convert(
     if n_mol == 0:
         raise NNPError(f"{source}: no .xyz records found (expected the QM9 archive {ARCHIVE.filename})")
     atomref = atomref or ATOMREF_HARTREE
-    tmp = out.with_name(out.name + ".part")
-    try:
+    with atomic_path(out) as tmp:  # complete, or not there under the final name
         _write(tmp, groups, atomref, source, source_sha256, n_mol)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return {"output": str(out), "molecules": n_mol, "formulas": len(groups), "energy_key": "U0 (eV)"}
 
 
 def _write(tmp: Path, groups: dict, atomref: dict, source: Path, source_sha256: str, n_mol: int) -> None:
     ha = energy_factor("hartree")
-    with h5py.File(tmp, "w") as f:
+    with hdf5_writer(tmp) as f:  # a full disk: one clear error, not a crash inside HDF5
         for formula in sorted(groups):
             g = groups[formula]
             by_id = np.argsort(g["id"])

@@ -1,0 +1,557 @@
+"""Committees: several potentials trained on the same data, and their spread.
+
+Where the members disagree, a prediction is not to be trusted (ANI-1x chose
+its training data by exactly this). A :class:`Committee` is called like a
+:class:`~nnp.potential.Potential` on a flat batch and returns the committee
+mean in the usual keys (``energy``, ``forces``, ``atomic_energy``, ``stress``)
+and beside them (see :mod:`nnp.keys`):
+
+- ``energy_std`` (M,) eV: the standard deviation of the members' energies;
+- ``forces_std`` (N,) eV/Å: per atom, the root-mean-square deviation of the
+  members' force vectors from the mean force, sqrt(mean_k |F_k - F_mean|^2);
+- ``max_forces_std`` (M,) eV/Å: the largest ``forces_std`` of each structure;
+- ``member_energy`` (K, M) and ``member_forces`` (K, N, 3): each member's own.
+
+Spreads are population statistics over the K members (divided by K, not K-1)
+times the committee's calibration factors (1 until ``nnp evaluate
+calibrate=true`` fits them on held-out data).
+
+Cost: the members share the neighbor list, and ANI members with the same
+descriptor settings share the descriptor (the AEV has no trainable
+parameters), so a committee is not K separate models.
+
+Files: :func:`load_model` takes a model file, a committee file or a list of
+model files; :meth:`Committee.save` writes one committee file (format
+version 2, a plain dict loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from nnp import keys
+from nnp.errors import NNPError
+from nnp.nn import scatter_max
+from nnp.potential import (
+    FORMAT,
+    FORMAT_VERSION,
+    Potential,
+    _plain,
+    pair_inputs,
+    read_model_file,
+    species_lookup,
+    stress_from_strain_gradient,
+)
+
+UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}
+
+
+class Committee(nn.Module):
+    """K potentials with the same species, cutoff and dtype, evaluated together."""
+
+    def __init__(
+        self,
+        members: Sequence[Potential],
+        calibration: Mapping[str, Any] | None = None,
+        sources: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if len(members) == 0:
+            raise NNPError("a committee needs at least one member model")
+        sources = list(sources) if sources is not None else [f"member {k}" for k in range(len(members))]
+        check_compatible(members, sources)
+        first = members[0]
+        self.members = nn.ModuleList(members)
+        self.n_members = len(members)
+        self.species = list(first.species)
+        self.cutoff = float(first.cutoff)
+        self.model_config = dict(first.model_config)
+        self.sources = [str(s) for s in sources]
+        self.register_buffer("species_table", first.species_table.clone())
+        # Mean reference energies: consumers use them for offsets and for the dtype.
+        self.register_buffer("atomref", torch.stack([m.atomref for m in members]).mean(0))
+        cal = dict(calibration or {})
+        self.calibration: Dict[str, Any] = {
+            "energy": float(cal.get("energy", 1.0)),
+            "forces": float(cal.get("forces", 1.0)),
+            "applied": bool(cal.get("applied", False)),
+            "data": cal.get("data"),
+        }
+        # (2,) factors for (energy_std, forces_std): a buffer, so export keeps them.
+        self.register_buffer(
+            "std_scale", torch.tensor([self.calibration["energy"], self.calibration["forces"]], dtype=first.atomref.dtype)
+        )
+        self.metadata: Dict[str, Any] = dict(metadata or {})
+        self.shared_descriptor = _shared_descriptor(members)
+        # ANI: the descriptor's backward for the K members' gradients in one
+        # vmapped pass where autograd supports it; a loop otherwise.
+        self.batched_backward = True
+        # ANI: the descriptor's backward in closed form for all K gradients at once
+        # (AEV.vector_jacobian_many); False: autograd through the AEV (above).
+        self.analytic_backward = True
+
+    # ------------------------------------------------------------- species
+    def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers (N,) -> species indices (N,); raises on unknown elements."""
+        return self.members[0].species_of(atomic_numbers)
+
+    def _species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return species_lookup(self.species_table, atomic_numbers)
+        return self.species_of(atomic_numbers)
+
+    # ------------------------------------------------------------- forward
+    def forward(
+        self,
+        batch: Dict[str, torch.Tensor],
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool = False,
+    ) -> Dict[str, torch.Tensor]:
+        """Committee mean and spread; see the module docstring for the keys.
+
+        ``create_graph`` is accepted for the Potential interface; committees are
+        evaluated, not trained, so the graph of the forces is never kept.
+        """
+        species = self._species_index(batch[keys.Z])
+        if torch.jit.is_scripting():
+            return self._evaluate(batch, species, compute_forces, compute_stress)
+        with torch.enable_grad():
+            return self._evaluate(batch, species, compute_forces, compute_stress)
+
+    def _evaluate(
+        self, batch: Dict[str, torch.Tensor], species: torch.Tensor, compute_forces: bool, compute_stress: bool
+    ) -> Dict[str, torch.Tensor]:
+        idx_m = batch[keys.IDX_M]
+        n_structures = batch[keys.N_ATOMS].shape[0]
+        inputs, unstrained, strain = pair_inputs(batch, species, self.cutoff, compute_forces, compute_stress)
+        wrt = [unstrained, strain] if compute_stress else [unstrained]
+        need_grad = compute_forces or compute_stress
+        if not torch.jit.is_scripting() and self.shared_descriptor:
+            per_member, grads = self._shared_descriptor_pass(inputs, species, idx_m, n_structures, wrt, need_grad)
+        else:
+            per_member, grads = self._member_by_member(inputs, species, idx_m, n_structures, wrt, need_grad)
+        energies = torch.stack([r[keys.ENERGY] for r in per_member])  # (K, M)
+        atomic = torch.stack([r[keys.ATOMIC_ENERGY] for r in per_member])  # (K, N)
+        results: Dict[str, torch.Tensor] = {
+            keys.ENERGY: energies.mean(0),
+            keys.ATOMIC_ENERGY: atomic.mean(0),
+            keys.ENERGY_STD: energies.std(0, unbiased=False) * self.std_scale[0],
+            keys.MEMBER_ENERGY: energies,
+        }
+        if keys.LAYER_ENERGY in per_member[0]:
+            results[keys.LAYER_ENERGY] = torch.stack([r[keys.LAYER_ENERGY] for r in per_member]).mean(0)
+        if compute_forces:
+            forces = -grads[0]  # (K, N, 3)
+            mean = forces.mean(0)
+            spread = torch.sqrt(((forces - mean) ** 2).sum(-1).mean(0)) * self.std_scale[1]
+            results[keys.FORCES] = mean
+            results[keys.MEMBER_FORCES] = forces
+            results[keys.FORCES_STD] = spread
+            results[keys.MAX_FORCES_STD] = scatter_max(spread, idx_m, n_structures)
+        if compute_stress:
+            cell = batch[keys.CELL].to(energies.dtype)
+            results[keys.STRESS] = stress_from_strain_gradient(grads[-1].mean(0), cell)
+        return results
+
+    def _member_by_member(
+        self,
+        inputs: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        idx_m: torch.Tensor,
+        n_structures: int,
+        wrt: List[torch.Tensor],
+        need_grad: bool,
+    ) -> Tuple[List[Dict[str, torch.Tensor]], List[torch.Tensor]]:
+        """Any architecture: each member on the shared pairs, then its own backward pass.
+
+        Each backward starts from that member's own energies (not a stacked
+        tensor, whose backward would visit every member's graph: K^2 work).
+        """
+        per_member: List[Dict[str, torch.Tensor]] = []
+        for member in self.members:
+            per_member.append(member._energies(member.model(inputs), species, idx_m, n_structures))
+        stacked: List[List[torch.Tensor]] = [[] for _ in wrt]
+        if need_grad:
+            n = len(per_member)
+            for k in range(n):
+                grads = torch.autograd.grad([per_member[k][keys.ENERGY].sum()], wrt, retain_graph=k < n - 1, allow_unused=True)
+                for w in range(len(wrt)):
+                    g = grads[w]
+                    stacked[w].append(g if g is not None else torch.zeros_like(wrt[w]))
+        out: List[torch.Tensor] = []
+        for s in stacked:
+            if len(s) > 0:
+                out.append(torch.stack(s))
+        return per_member, out
+
+    @torch.jit.unused
+    def _shared_descriptor_pass(
+        self,
+        inputs: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        idx_m: torch.Tensor,
+        n_structures: int,
+        wrt: List[torch.Tensor],
+        need_grad: bool,
+    ) -> Tuple[List[Dict[str, torch.Tensor]], List[torch.Tensor]]:
+        """ANI members with one descriptor: AEV once, K element networks, then per-member
+        forces as J^T g_k with g_k = dE_k/dAEV (one backward through the networks for
+        all members, then the AEV's backward for the K gradients: in closed form, or
+        by autograd when ``analytic_backward`` is off)."""
+        model = self.members[0].model
+        if self.analytic_backward:
+            if not need_grad:
+                with torch.no_grad():
+                    chunks = model.descriptor_chunks(inputs)
+                features = chunks[0][2] if len(chunks) == 1 else torch.cat([c[2] for c in chunks])
+                return self._member_networks(features, species, idx_m, n_structures, False)[0], []
+            features, state = model.descriptors_with_geometry(inputs)  # no graph
+            per_member, g = self._member_networks(features, species, idx_m, n_structures, True)
+            return per_member, self._analytic_descriptor_backward(inputs, state, g, idx_m, wrt)
+        chunks = model.descriptor_chunks(inputs)
+        features = chunks[0][2] if len(chunks) == 1 else torch.cat([c[2] for c in chunks])
+        # one leaf per member: one backward call then yields every member's dE_k/dAEV
+        leaves = [features.detach().requires_grad_(need_grad) for _ in self.members]
+        per_member = [
+            m._energies({keys.ATOMIC_ENERGY: m.model.networks(leaf, species)}, species, idx_m, n_structures)
+            for m, leaf in zip(self.members, leaves)
+        ]
+        if not need_grad:
+            return per_member, []
+        total = torch.stack([r[keys.ENERGY].sum() for r in per_member]).sum()
+        g = torch.stack(torch.autograd.grad([total], leaves))  # (K, N, L)
+        grads = self._descriptor_backward(features, g, wrt)
+        return [{k: v.detach() for k, v in r.items()} for r in per_member], grads
+
+    @torch.jit.unused
+    def _member_networks(
+        self, features: torch.Tensor, species: torch.Tensor, idx_m: torch.Tensor, n_structures: int, need_grad: bool
+    ) -> Tuple[List[Dict[str, torch.Tensor]], torch.Tensor]:
+        """Every member's element networks on the shared AEVs (N, L): per-member results, and
+        g = dE_k/dAEV (K, N, L) (an empty tensor without ``need_grad``).
+
+        The atoms of each species are gathered once for all members. Where the members'
+        networks for a species have the same layers (always, for members of one
+        architecture), they run stacked: the first layer as one matrix product of the
+        shared features with the members' concatenated weights, the others as batched
+        products over the members (fewer, larger operations: faster for small inputs),
+        with the members' weights stacked again whenever they change; else member by member.
+        The numbers are those of ``member.model.networks(features, species)`` (to
+        rounding: the products are summed in another order).
+        """
+        n_atoms = features.shape[0]
+        n_k = len(self.members)
+        index = [torch.nonzero(species == s).flatten() for s in range(self.members[0].model.n_species)]
+        atomic = [torch.zeros(n_atoms, dtype=features.dtype, device=features.device) for _ in range(n_k)]
+        leaves: List[torch.Tensor] = []
+        backward: List[Any] = []  # per leaf: (species, member or -1, stacked first-layer weights or None)
+        for s, idx in enumerate(index):
+            x = features.index_select(0, idx)
+            nets = [m.model.networks.nets[s] for m in self.members]
+            plan = self._stacked_networks(s, nets)
+            if plan is None:  # member by member, one leaf each
+                for k, net in enumerate(nets):
+                    leaf = x.detach().requires_grad_(need_grad)
+                    leaves.append(leaf)
+                    backward.append((s, k, None))
+                    # every network runs, even on zero atoms, as ElementwiseMLP does
+                    atomic[k] = atomic[k].index_copy(0, idx, net(leaf).flatten())
+                continue
+            weight, bias = plan[0][1], plan[0][2]  # (K, h, L), (K, h)
+            with torch.no_grad():
+                z = torch.addmm(bias.reshape(-1), x, weight.reshape(-1, weight.shape[2]).t())  # (n, K h)
+            z.requires_grad_(need_grad)
+            leaves.append(z)
+            backward.append((s, -1, weight))
+            h = z
+            for kind, w, b, act in plan[1:]:
+                if kind == "act":
+                    h = act(h)
+                    continue
+                if h.dim() == 2:  # (n, K h) -> (K, n, h)
+                    h = h.view(h.shape[0], n_k, w.shape[2]).transpose(0, 1)
+                h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+            if h.dim() == 2:  # a single linear layer
+                h = h.view(h.shape[0], n_k, weight.shape[1]).transpose(0, 1)
+            for k in range(n_k):
+                atomic[k] = atomic[k].index_copy(0, idx, h[k].flatten())
+        per_member = [
+            m._energies({keys.ATOMIC_ENERGY: a}, species, idx_m, n_structures) for m, a in zip(self.members, atomic)
+        ]
+        if not need_grad:
+            return per_member, features.new_zeros(0)
+        total = torch.stack([r[keys.ENERGY].sum() for r in per_member]).sum()
+        grads = torch.autograd.grad([total], leaves, allow_unused=True)
+        # every atom has one species: every row gets written
+        g = torch.empty((n_k,) + tuple(features.shape), dtype=features.dtype, device=features.device)
+        with torch.no_grad():
+            for grad, leaf, (s, k, weight) in zip(grads, leaves, backward):
+                idx = index[s]
+                if grad is None:
+                    grad = torch.zeros_like(leaf)
+                if weight is None:  # member k's dE/d(features of species s)
+                    g[k].index_copy_(0, idx, grad)
+                else:  # dE/dz of the stacked first layer (n, K h) -> dE/d(features) (K, n, L)
+                    dz = grad.view(grad.shape[0], n_k, weight.shape[1]).transpose(0, 1)
+                    g.index_copy_(1, idx, torch.bmm(dz, weight))
+        return [{key: v.detach() for key, v in r.items()} for r in per_member], g
+
+    @torch.jit.unused
+    def _stacked_networks(self, s: int, nets: List[nn.Module]) -> List[Tuple[str, Any, Any, Any]] | None:
+        """:func:`_stacked_plan` of species ``s``, rebuilt only when a member's parameters
+        changed (other tensors, or written in place: their version counters)."""
+        key = tuple((p.data_ptr(), p._version) for net in nets for p in net.parameters())
+        cache = self.__dict__.setdefault("_stacked_cache", {})
+        hit = cache.get(s)
+        if hit is None or hit[0] != key:
+            hit = (key, _stacked_plan(nets))
+            cache[s] = hit
+        return hit[1]
+
+    @torch.jit.unused
+    def _analytic_descriptor_backward(
+        self, inputs: Dict[str, torch.Tensor], state: Dict[str, Any], g: torch.Tensor, idx_m: torch.Tensor, wrt: List[torch.Tensor]
+    ) -> List[torch.Tensor]:
+        """J^T g_k in closed form: dE_k/d(pair vector) from the AEV, then positions and strain.
+
+        The pair vectors are v = r_j - r_i + images @ cell, with atoms and cell both
+        strained as x' = x + x @ strain (:func:`~nnp.potential.pair_inputs`), so at zero
+        strain v' = v (1 + strain): dE/dr_j += dE/dv, dE/dr_i -= dE/dv, and
+        dE/dstrain[a, b] = sum over the structure's pairs of v[a] dE/dv[b].
+        """
+        with torch.no_grad():
+            dv = self.members[0].model.descriptor_vector_jacobian_many(state, g)  # (K, 3, P)
+            n_k = dv.shape[0]
+            i, j = inputs[keys.PAIRS][0], inputs[keys.PAIRS][1]
+            positions = wrt[0]
+            # (index_add over the last dim of 2-d views: several times faster than of (K, 3, P))
+            flat = dv.reshape(n_k * 3, -1)
+            forces = torch.zeros((n_k * 3, positions.shape[0]), dtype=positions.dtype, device=positions.device)
+            forces = forces.index_add(1, j, flat).index_add(1, i, flat, alpha=-1)
+            grads = [forces.view(n_k, 3, -1).transpose(1, 2).contiguous()]  # (K, N, 3)
+            if len(wrt) > 1:
+                strain = wrt[1]
+                vectors = inputs[keys.PAIR_VECTORS].detach().t()  # (3, P)
+                outer = (vectors[None, :, None, :] * dv[:, None, :, :]).reshape(n_k, 9, -1)  # [k, 3a + b, p] = v_a dE/dv_b
+                per_structure = torch.zeros((n_k * 9, strain.shape[0]), dtype=strain.dtype, device=strain.device)
+                per_structure = per_structure.index_add(1, idx_m[i], outer.view(n_k * 9, -1))
+                grads.append(per_structure.view(n_k, 9, -1).transpose(1, 2).reshape((n_k,) + tuple(strain.shape)))
+        return grads
+
+    @torch.jit.unused
+    def _descriptor_backward(self, features: torch.Tensor, g: torch.Tensor, wrt: List[torch.Tensor]) -> List[torch.Tensor]:
+        """J^T g_k for the K gradients g (K, N, L): one vmapped backward, or a loop."""
+        n = g.shape[0]
+        if self.batched_backward:
+            try:
+                grads = torch.autograd.grad([features], wrt, grad_outputs=[g], is_grads_batched=True, allow_unused=True)
+                return [x if x is not None else torch.zeros((n,) + tuple(w.shape), dtype=w.dtype) for x, w in zip(grads, wrt)]
+            except RuntimeError:  # an op without a batching rule: the loop, from now on
+                self.batched_backward = False
+        stacked: List[List[torch.Tensor]] = [[] for _ in wrt]
+        for k in range(n):
+            grads = torch.autograd.grad([features], wrt, grad_outputs=[g[k]], retain_graph=k < n - 1, allow_unused=True)
+            for w in range(len(wrt)):
+                x = grads[w]
+                stacked[w].append(x if x is not None else torch.zeros_like(wrt[w]))
+        return [torch.stack(s) for s in stacked]
+
+    # ----------------------------------------------------------- save/load
+    def set_calibration(self, energy: float, forces: float, data: str | None) -> None:
+        """Store std scale factors (from :func:`nnp.calibration.fit_scale` on held-out data)."""
+        self.calibration.update(energy=float(energy), forces=float(forces), applied=True, data=data)
+        self.std_scale.copy_(torch.tensor([float(energy), float(forces)], dtype=self.std_scale.dtype))
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.members[0]
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": "committee",
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "units": dict(UNITS),
+            "dtype": str(first.atomref.dtype).replace("torch.", ""),
+            "members": [m.to_dict(getattr(m, "metadata", {})) for m in self.members],
+            "sources": list(self.sources),
+            "calibration": _plain(self.calibration),
+            "metadata": _plain(self.metadata),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one committee file (atomically: :func:`nnp.outputs.write_bytes`)."""
+        import io
+
+        from nnp.outputs import write_bytes
+
+        buffer = io.BytesIO()  # serialized in memory: a disk error is then an OSError, not torch's RuntimeError
+        torch.save(self.to_dict(), buffer)
+        write_bytes(Path(path), buffer.getbuffer())
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any], source: str = "committee") -> Committee:
+        members = payload.get("members")
+        if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+            raise NNPError(f"{source}: committee file has no list of member models")
+        pots = [Potential.from_dict(m, f"{source} (member {k})") for k, m in enumerate(members)]
+        calibration = payload.get("calibration") or {}
+        if not isinstance(calibration, dict):
+            raise NNPError(f"{source}: committee entry 'calibration' has the wrong type ({type(calibration).__name__})")
+        for key in ("energy", "forces"):
+            v = calibration.get(key, 1.0)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise NNPError(f"{source}: calibration factor {key!r} must be a positive number, got {v!r}")
+        sources = payload.get("sources")
+        if not (isinstance(sources, list) and len(sources) == len(pots)):
+            sources = [f"{source} (member {k})" for k in range(len(pots))]
+        return cls(pots, calibration, sources, payload.get("metadata") or {})
+
+
+def _stacked_plan(nets: Sequence[nn.Module]) -> List[Tuple[str, Any, Any, Any]] | None:
+    """The members' networks for one species as stacked layers, or None where they differ.
+
+    Each network is ``Linear, activation, ..., Linear`` (:func:`nnp.nn.build_mlp`);
+    returns per layer ``("linear", weight (K, out, in), bias (K, out) or None, None)``
+    or ``("act", None, None, module)``, with detached copies of the members' own
+    parameters (a committee is evaluated, not trained). The first layer is linear,
+    with a bias.
+    """
+    first = nets[0]
+    if not isinstance(first, nn.Sequential) or len(first) == 0 or not isinstance(first[0], nn.Linear):
+        return None
+    plan: List[Tuple[str, Any, Any, Any]] = []
+    for i, layer in enumerate(first):
+        others = [n[i] if isinstance(n, nn.Sequential) and len(n) == len(first) else None for n in nets]
+        if isinstance(layer, nn.Linear):
+            if not all(
+                isinstance(o, nn.Linear) and o.weight.shape == layer.weight.shape and (o.bias is None) == (layer.bias is None)
+                for o in others
+            ):
+                return None
+            weight = torch.stack([o.weight.detach() for o in others])
+            bias = None if layer.bias is None else torch.stack([o.bias.detach() for o in others])
+            plan.append(("linear", weight, bias, None))
+        elif len(list(layer.parameters())) == 0 and all(type(o) is type(layer) and repr(o) == repr(layer) for o in others):
+            plan.append(("act", None, None, layer))  # elementwise, no parameters: one module serves all members
+        else:
+            return None
+    if plan[0][2] is None:
+        return None
+    return plan
+
+
+def _shared_descriptor(members: Sequence[Potential]) -> bool:
+    """True when all members are ANI with identical descriptor settings (the AEV can be computed once)."""
+    from nnp.models.ani import ANI
+
+    if not all(isinstance(m.model, ANI) for m in members):
+        return False
+    first = members[0].model.aev
+    ref = first.state_dict()
+    for m in members[1:]:
+        aev = m.model.aev
+        if (aev.radial_eta, aev.angular_eta, aev.angular_zeta, aev.radial_cutoff, aev.angular_cutoff) != (
+            first.radial_eta, first.angular_eta, first.angular_zeta, first.radial_cutoff, first.angular_cutoff
+        ):
+            return False
+        other = aev.state_dict()
+        if ref.keys() != other.keys() or not all(torch.equal(ref[k], other[k]) for k in ref):
+            return False
+    return True
+
+
+def check_compatible(members: Sequence[Potential], sources: Sequence[str]) -> None:
+    """Members must share species, cutoff and dtype (and units: every nnp file is eV/Å)."""
+    from ase.data import chemical_symbols
+
+    first, src0 = members[0], sources[0]
+
+    def names(species):
+        return ",".join(chemical_symbols[z] for z in species)
+
+    for m, src in zip(members[1:], sources[1:]):
+        if m.species != first.species:
+            raise NNPError(
+                f"{src}: species {names(m.species)} differ from {src0}'s {names(first.species)}"
+                " (committee members must share species, cutoff, units and dtype)"
+            )
+        if abs(m.cutoff - first.cutoff) > 1e-9:
+            raise NNPError(f"{src}: cutoff {m.cutoff} Å differs from {src0}'s {first.cutoff} Å (committee members must share the cutoff)")
+        if m.atomref.dtype != first.atomref.dtype:
+            dt = str(m.atomref.dtype).replace("torch.", "")
+            dt0 = str(first.atomref.dtype).replace("torch.", "")
+            raise NNPError(f"{src}: dtype {dt} differs from {src0}'s {dt0} (committee members must share the dtype)")
+
+
+def _check_units(payload: Mapping[str, Any], source: str) -> None:
+    units = payload.get("units")
+    if units is None:  # version 1 files: always eV / Å
+        return
+    if not isinstance(units, dict) or any(units.get(k) != v for k, v in UNITS.items()):
+        raise NNPError(f"{source}: units {units!r} differ from nnp's {UNITS} (committee members must share units)")
+
+
+def model_paths(spec: Any) -> list[str] | None:
+    """A list of paths from a list / ListConfig / tuple, or None for a single path."""
+    if isinstance(spec, (str, os.PathLike)):
+        return None
+    if isinstance(spec, Sequence) or hasattr(spec, "__iter__"):
+        return [str(s) for s in spec]
+    raise NNPError(f"ckpt={spec!r}: give a model file or a list of model files, e.g. ckpt=[a.pt,b.pt]")
+
+
+def load_model(
+    spec: str | os.PathLike | Sequence[str | os.PathLike], map_location: str | torch.device = "cpu"
+) -> Potential | Committee:
+    """A model file, a committee file, or a list of model files (a committee).
+
+    Files in a list may themselves be committees: their members join the new
+    committee (their calibration factors do not carry over: the new committee
+    has not been calibrated).
+    """
+    paths = model_paths(spec)
+    if paths is None:
+        path = str(spec)
+        payload = read_model_file(path, map_location)
+        _check_units(payload, path)
+        if payload.get("kind") == "committee":
+            return Committee.from_dict(payload, path)
+        return Potential.from_dict(payload, path)
+    if not paths:
+        raise NNPError("ckpt=[]: the list of model files is empty")
+    if len(paths) == 1:
+        return load_model(paths[0], map_location)
+    members: list[Potential] = []
+    sources: list[str] = []
+    for path in paths:
+        model = load_model(path, map_location)
+        if isinstance(model, Committee):
+            members.extend(model.members)
+            sources.extend(f"{path} (member {k})" for k in range(model.n_members))
+        else:
+            members.append(model)
+            sources.append(path)
+    return Committee(members, sources=sources, metadata={"combined_from": paths})
+
+
+def is_committee(model: Any) -> bool:
+    return isinstance(model, Committee) or (hasattr(model, "n_members") and not isinstance(model, Potential))
+
+
+def model_dtype(model: Potential | Committee) -> torch.dtype:
+    return model.atomref.dtype
+
+
+def member_count(model: Potential | Committee) -> int:
+    return int(getattr(model, "n_members", 1))
+
+
+__all__ = ["Committee", "load_model", "model_paths", "check_compatible", "is_committee", "model_dtype", "member_count"]

@@ -1,0 +1,373 @@
+"""The schema of every config: one dataclass per group, per architecture and per command.
+
+Every key of the YAML files in ``conf/`` is declared here with its type and
+allowed values (:func:`~nnp.config.fields.setting`); defaults mirror the
+shipped YAML (the YAML files stay the source of defaults, the schema says what
+is allowed). Groups a user points to with ``--config-dir`` are checked with
+the same classes: a model config by its ``name:``, the other groups by their
+place in the config (``data``, ``loss``, ``optim``, ``trainer``).
+
+Three class attributes steer the checker (:mod:`nnp.config.validate`):
+
+``extra_keys``
+    ``"error"`` (default): a key the schema does not declare is refused unless
+    the user added it with ``+key=value``; ``"allowed"``: passed through
+    (``trainer``: any ``pytorch_lightning.Trainer`` argument); ``"never"``:
+    refused even with ``+`` (a model's keys are its constructor's arguments).
+``variants`` / ``variant_key``
+    the schema is chosen by a key of the value (``model.name``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nnp.config.fields import Rule, group, setting
+from nnp.registry import OPTIMIZERS, SCHEDULERS
+
+# Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
+# tests/test_config_schema.py checks that each one builds.
+ACTIVATIONS = ("celu", "gelu", "shifted_softplus", "silu", "softplus", "ssp", "tanh")
+RADIAL_BASES = ("bessel", "gaussian", "inverse_gaussian")
+CUTOFF_FNS = ("cosine", "polynomial")
+DTYPES = ("float32", "float64")
+MD_ENSEMBLES = ("nve", "nvt", "langevin")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "ipu")
+
+REQUIRED_CKPT = "ckpt=runs/.../model.pt, or a committee: ckpt=[a.pt,b.pt]"
+
+
+def energy_units() -> list[str]:
+    from nnp.units import ENERGY_UNITS  # imports ase: only when a data config is checked
+
+    return sorted(ENERGY_UNITS)
+
+
+def length_units() -> list[str]:
+    from nnp.units import LENGTH_UNITS
+
+    return sorted(LENGTH_UNITS)
+
+
+def is_ckpt(value: Any) -> bool:
+    """A model file, or a non-empty list of them (a committee)."""
+    if isinstance(value, str):
+        return bool(value)
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) and v for v in value)
+
+
+def is_split_size(value: Any) -> bool:
+    """A fraction in [0, 1] (a float) or a count (a whole number >= 0); null: the rest."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def is_devices(value: Any) -> bool:
+    """Lightning's ``devices``: a count (>= 1, or -1 for all), "auto", "0,1", or a list of indices."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, str):
+        return value == "auto" or re.fullmatch(r"-1|\d+(\s*,\s*\d+)*,?", value.strip()) is not None
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+# ===================================================================== data
+
+
+@dataclass
+class UnitsConfig:
+    energy: str | None = setting("eV", choices=energy_units, ignore_case=True, hint="null: as the file declares")
+    length: str | None = setting("angstrom", choices=length_units, ignore_case=True, hint="null: as the file declares")
+
+
+_SIZE = dict(check=is_split_size, allowed="a fraction in [0, 1] (0.1) or a whole count (1000), or null (the rest)")
+
+
+@dataclass
+class SplitConfig:
+    train: Any = setting(0.8, **_SIZE)
+    val: Any = setting(0.1, **_SIZE)
+    test: Any = setting(0.1, **_SIZE)
+    by: str = setting("random", choices=("random", "group"))
+    seed: int = setting(42)
+
+
+@dataclass
+class DataConfig:
+    format: str = setting("hdf5", choices=("hdf5", "ase"))
+    path: str = setting(None, required="data.path=my_data.h5")
+    energy_key: str = setting("energy")
+    forces_key: str | None = setting("forces", hint="null: energy-only data")
+    group_key: str | None = setting(None)
+    units: UnitsConfig = group(UnitsConfig)
+    skip_nan: bool = setting(True)
+    min_distance: float = setting(0.5, ge=0)
+    batch_size: int = setting(32, ge=1)
+    num_workers: int = setting(0, ge=0)
+    split: SplitConfig = group(SplitConfig)
+    split_file: str | None = setting(None)
+
+
+# ===================================================================== model
+
+_WIDTHS = dict(item=Rule(ge=1), hint="layer widths, e.g. [64,64]")
+
+
+@dataclass
+class ModelConfig:
+    """Any model: the schema is chosen by ``name`` (see :data:`MODELS`)."""
+
+    extra_keys: ClassVar[str] = "never"
+    variant_key: ClassVar[str] = "name"
+    variants: ClassVar[dict[str, type]] = {}
+
+    name: str = setting("ani")
+
+
+@dataclass
+class AniModel(ModelConfig):
+    name: str = setting("ani")
+    radial_cutoff: float = setting(5.2, gt=0, hint="Å")
+    angular_cutoff: float = setting(3.5, gt=0, hint="Å")
+    radial_eta: float = setting(16.0, gt=0)
+    radial_shifts: list[float] | None = setting(None, item=Rule(ge=0), min_items=1, hint="Å; null: 16 from 0.9 Å up to the cutoff")
+    angular_eta: float = setting(8.0, gt=0)
+    angular_zeta: float = setting(32.0, gt=0)
+    angular_radial_shifts: list[float] | None = setting(None, item=Rule(ge=0), min_items=1, hint="Å; null: 4 from 0.9 Å up to the cutoff")
+    angular_sections: int = setting(8, ge=1)
+    activation: str = setting("celu", choices=ACTIVATIONS)
+    hidden: list[int] = setting([160, 128, 96], **_WIDTHS)
+    hidden_per_element: dict[str, list[int]] | None = setting(
+        None, item=Rule(item=Rule(ge=1)), hint="element symbol: layer widths, e.g. {H: [64,64]}; null: hidden for all")
+
+
+@dataclass
+class SchNetModel(ModelConfig):
+    name: str = setting("schnet")
+    n_features: int = setting(128, ge=1)
+    n_interactions: int = setting(3, ge=1)
+    cutoff: float = setting(5.0, gt=0, hint="Å")
+    cutoff_fn: str = setting("cosine", choices=CUTOFF_FNS)
+    radial_basis: str = setting("gaussian", choices=RADIAL_BASES)
+    n_rbf: int = setting(50, ge=1)
+    activation: str = setting("ssp", choices=ACTIVATIONS)
+    n_filters: int | None = setting(None, ge=1, hint="null: n_features")
+    readout_hidden: list[int] | None = setting(None, **_WIDTHS)
+
+
+@dataclass
+class PaiNNModel(ModelConfig):
+    name: str = setting("painn")
+    n_features: int = setting(128, ge=1)
+    n_interactions: int = setting(3, ge=1)
+    cutoff: float = setting(5.0, gt=0, hint="Å")
+    radial_basis: str = setting("bessel", choices=RADIAL_BASES)
+    n_rbf: int = setting(20, ge=1)
+    cutoff_fn: str = setting("cosine", choices=CUTOFF_FNS)
+    activation: str = setting("silu", choices=ACTIVATIONS)
+    readout_hidden: list[int] | None = setting(None, **_WIDTHS)
+
+
+@dataclass
+class HipnnModel(ModelConfig):
+    name: str = setting("hipnn")
+    n_features: int = setting(80, ge=1)
+    n_interactions: int = setting(2, ge=1)
+    n_atom_layers: int = setting(3, ge=0)
+    n_sensitivities: int = setting(20, ge=1)
+    soft_min: float = setting(0.75, gt=0, hint="Å")
+    soft_max: float = setting(5.5, gt=0, hint="Å")
+    cutoff: float = setting(6.5, gt=0, hint="Å")
+    activation: str = setting("softplus", choices=ACTIVATIONS)
+
+
+#: Schema of each architecture, by the ``name:`` of its model config.
+MODELS: dict[str, type] = {"ani": AniModel, "schnet": SchNetModel, "painn": PaiNNModel, "hipnn": HipnnModel}
+ModelConfig.variants = MODELS
+
+
+def register_model_schema(name: str, schema: type) -> None:
+    """Declare the settings of a new architecture (beside :func:`nnp.models.register_model`)."""
+    MODELS[name] = schema
+
+
+# ============================================================ loss, optim, trainer
+
+
+@dataclass
+class LossConfig:
+    energy_weight: float = setting(1.0, ge=0)
+    forces_weight: float = setting(10.0, ge=0)
+    per_atom_energy: bool = setting(True)
+
+
+@dataclass
+class SchedulerConfig:
+    name: str | None = setting("plateau", choices=SCHEDULERS, ignore_case=True, hint="null: none")
+    factor: float = setting(0.5, gt=0, lt=1, hint="plateau: LR multiplier")
+    patience: int = setting(10, ge=0, hint="plateau: epochs without improvement")
+    min_lr: float = setting(1.0e-6, ge=0)
+    t_max: int = setting(0, ge=0, hint="cosine: period in epochs; 0: trainer.max_epochs")
+
+
+@dataclass
+class OptimConfig:
+    name: str = setting("adamw", choices=OPTIMIZERS, ignore_case=True)
+    lr: float = setting(1.0e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    momentum: float = setting(0.9, ge=0, le=1, hint="sgd")
+    scheduler: SchedulerConfig | None = group(SchedulerConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of ``pytorch_lightning.Trainer``; any other Trainer argument may be added."""
+
+    extra_keys: ClassVar[str] = "allowed"
+
+    accelerator: str = setting("auto", choices=ACCELERATORS)
+    devices: Any = setting("auto", check=is_devices, allowed='a count >= 1, -1 (all), "auto", "0,1" or a list of device indices [0,1]')
+    strategy: str = setting("auto")
+    num_nodes: int = setting(1, ge=1)
+    max_epochs: int = setting(100, ge=1, also=(-1,), allowed="a whole number >= 1, or -1 (no limit)")
+    max_time: str | None = setting(None, pattern=r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", allowed='"DD:HH:MM:SS" (e.g. 00:12:00:00) or null')
+    gradient_clip_val: float | None = setting(None, ge=0)
+    log_every_n_steps: int = setting(10, ge=1)
+    check_val_every_n_epoch: int = setting(1, ge=1)
+    deterministic: Any = setting(False, check=lambda v: isinstance(v, bool) or v == "warn", allowed='true, false or "warn"')
+
+
+# ================================================================= commands
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = setting(1, ge=1, hint="committee members")
+    bootstrap: bool = setting(False)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = setting("val_loss")
+    patience: int = setting(30, ge=0)
+    min_delta: float = setting(0.0, ge=0)
+
+
+@dataclass
+class TrainCommand:
+    data: DataConfig = group(DataConfig)
+    model: ModelConfig = group(AniModel)
+    loss: LossConfig = group(LossConfig)
+    optim: OptimConfig = group(OptimConfig)
+    trainer: TrainerConfig = group(TrainerConfig)
+    seed: int = setting(42)
+    dtype: str = setting("float32", choices=DTYPES)
+    model_file: str = setting("model.pt")
+    overwrite: bool = setting(False)
+    evaluate_test: bool = setting(True)
+    resume: str | None = setting(None, hint="a Lightning checkpoint")
+    verbose: bool = setting(False, hint="Lightning's model summary and messages")
+    ensemble: EnsembleConfig = group(EnsembleConfig)
+    early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
+
+
+_CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)
+
+
+@dataclass
+class EvaluateCommand:
+    data: DataConfig | None = setting(None, hint="null: the data the model was trained on")
+    ckpt: Any = setting(None, **_CKPT)
+    split: str | None = setting("all", choices=("all", "train", "val", "test"))
+    split_file: str | None = setting(None)
+    output: str = setting("report.json")
+    overwrite: bool = setting(False)
+    plot: bool = setting(True)
+    calibrate: bool = setting(False)
+    calibrate_data: str | None = setting(None)
+    batch_size: int = setting(64, ge=1)
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+
+
+@dataclass
+class PredictCommand:
+    ckpt: Any = setting(None, **_CKPT)
+    input: str = setting(None, required="input=structures.extxyz")
+    output: str = setting("predicted.extxyz")
+    overwrite: bool = setting(False)
+    format: str | None = setting(None, hint="an ASE format; null: from the file extension")
+    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
+    batch_size: int = setting(64, ge=1)
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    min_distance: float = setting(0.5, ge=0, hint="Å")
+
+
+@dataclass
+class UncertaintyConfig:
+    threshold: float | None = setting(None, ge=0, hint="eV/Å; null: only log it")
+    action: str = setting("flag", choices=("flag", "stop"))
+    output: str | None = setting(None)
+    min_interval: int = setting(10, ge=1)
+    max_frames: int = setting(1000, ge=1)
+
+
+@dataclass
+class DynamicsConfig:
+    ensemble: str = setting("nve", choices=MD_ENSEMBLES, ignore_case=True)
+    steps: int = setting(1000, ge=1)
+    timestep_fs: float = setting(0.5, gt=0)
+    temperature_K: float = setting(300, ge=0)
+    friction_per_ps: float = setting(10.0, ge=0)
+    init_velocities: bool = setting(True)
+    write_interval: int = setting(10, ge=1)
+    log_interval: int = setting(10, ge=1)
+    seed: int = setting(0)
+    max_force: float | None = setting(50.0, ge=0, hint="eV/Å; null: off")
+    max_temperature_K: float | None = setting(5000.0, ge=0, hint="null: off")
+    min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
+    uncertainty: UncertaintyConfig = group(UncertaintyConfig)
+
+
+@dataclass
+class MDCommand:
+    ckpt: Any = setting(None, **_CKPT)
+    input: str = setting(None, required="input=start.xyz")
+    index: str | int = setting("0", hint="an ASE index")
+    output: str = setting("md.extxyz")
+    log: str | None = setting(None)
+    overwrite: bool = setting(False)
+    device: str = setting("cpu")
+    threads: Any = setting("auto", check=lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                           allowed='"auto" or a whole number >= 1')
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    min_distance: float = setting(0.5, ge=0, hint="Å")
+    md: DynamicsConfig = group(DynamicsConfig)
+
+
+#: Schema of each Hydra command's composed config.
+COMMANDS: dict[str, type] = {
+    "train": TrainCommand,
+    "evaluate": EvaluateCommand,
+    "predict": PredictCommand,
+    "md": MDCommand,
+}
+
+#: Schema of each config group, by the group's folder name in conf/ (a user's --config-dir too).
+GROUPS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+}

@@ -1,0 +1,135 @@
+"""One way to run a model (a potential or a committee) on structures.
+
+The calculator, ``nnp predict`` and ``nnp evaluate`` all go through here:
+move a collated flat batch to the model's device and dtype, call the model,
+and hand back detached CPU tensors, so that a committee (mean + spread) plugs
+in once and every consumer gets it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnp import keys
+from nnp.data.collate import collate
+
+#: Outputs copied back per call (the rest, e.g. member energies, stay with the model call).
+_OUTPUTS = (
+    keys.ENERGY, keys.FORCES, keys.ATOMIC_ENERGY, keys.STRESS, keys.LAYER_ENERGY,
+    keys.ENERGY_STD, keys.FORCES_STD, keys.MAX_FORCES_STD,
+)
+
+
+def batch_to(batch: dict[str, torch.Tensor], device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device``; floating tensors to ``dtype``."""
+    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a potential or committee computes in (that of its reference energies)."""
+    return model.atomref.dtype
+
+
+def run_batch(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    forces: bool = True,
+    stress: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """Evaluate one collated batch; returns detached CPU tensors in the model's dtype.
+
+    ``stress``: None computes it when any structure of the batch is periodic in
+    all three directions; stress is per structure, NaN where a structure is not
+    periodic (so a periodic frame's stress never depends on its neighbours in a file).
+    """
+    batch = batch_to(batch, device, model_dtype(model))
+    if stress is None:
+        stress = bool(batch[keys.PBC].all(-1).any())
+    out = model(batch, compute_forces=forces, compute_stress=stress)
+    result = {k: out[k].detach().cpu() for k in _OUTPUTS if k in out}
+    if keys.STRESS in result:
+        periodic = batch[keys.PBC].all(-1).cpu()
+        result[keys.STRESS] = torch.where(periodic[:, None, None], result[keys.STRESS], torch.full_like(result[keys.STRESS], float("nan")))
+    return result
+
+
+def run_batches(
+    model: torch.nn.Module,
+    fetch: Callable[[Sequence[int]], list[dict]],
+    n: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+    forces: bool | None = True,
+    progress: str | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Yield ``(batch, outputs)`` for items ``0..n-1`` in batches (a rich progress bar with label ``progress``).
+
+    ``fetch(indices)`` returns the samples (see :mod:`nnp.data.collate`) of those
+    items: a dataset's batched read, or structures converted on the fly.
+    ``forces=None`` computes forces when the batch has force labels.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from nnp.report import console
+
+    model = model.to(device).eval()
+    with Progress(
+        TextColumn(f"[bold]{progress or ''}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=progress is None or n < 2 * batch_size, transient=True,
+    ) as bar:
+        task = bar.add_task("run", total=n)
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(start + batch_size, n)))
+            batch = collate(fetch(idx))
+            want_forces = (keys.FORCES in batch) if forces is None else forces
+            yield batch, run_batch(model, batch, device, forces=want_forces)
+            bar.advance(task, len(idx))
+
+
+def dataset_fetch(dataset, indices: np.ndarray) -> Callable[[Sequence[int]], list[dict]]:
+    """``fetch`` over ``dataset[indices]`` using the dataset's batched read where it has one."""
+    many = getattr(dataset, "__getitems__", None)
+
+    def fetch(positions: Sequence[int]) -> list[dict]:
+        rows = [int(indices[p]) for p in positions]
+        return many(rows) if many is not None else [dataset[r] for r in rows]
+
+    return fetch
+
+
+def per_structure(batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Split a batch's outputs into one dict of numpy arrays (float64) per structure.
+
+    Keys: energy (eV), forces (n, 3) eV/Å, energies (n,) eV per atom, stress (3, 3)
+    eV/Å^3 where periodic; with a committee also energy_std (eV), forces_std (n,)
+    eV/Å and max_forces_std (eV/Å).
+    """
+    n = batch[keys.N_ATOMS].tolist()
+    split: dict[str, Sequence[torch.Tensor]] = {}
+    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std")):
+        if key in out:
+            split[name] = torch.split(out[key].double(), n)
+    periodic = batch[keys.PBC].all(-1).tolist()
+    results = []
+    for m in range(len(n)):
+        r: dict[str, Any] = {"energy": float(out[keys.ENERGY][m])}
+        for name, parts in split.items():
+            r[name] = parts[m].numpy()
+        if keys.STRESS in out and periodic[m]:
+            r["stress"] = out[keys.STRESS][m].double().numpy()
+        for key in (keys.ENERGY_STD, keys.MAX_FORCES_STD):
+            if key in out:
+                r[key] = float(out[key][m])
+        results.append(r)
+    return results
