@@ -86,7 +86,31 @@ def validate_overrides(name: str, argv: list[str]) -> None:
     from nnp.config.compose import check_command_line
 
     register_resolvers()
-    check_command_line(name, argv, config_dir())
+    composed = check_command_line(name, argv, config_dir())
+    if name == "train" and os.environ.get("LOCAL_RANK", "0") == "0":
+        from nnp.config.compose import split_command_line
+
+        key = "hydra.sweep.dir" if split_command_line(argv).multirun else "hydra.run.dir"
+        for cfg in composed:
+            check_run_dir(cfg, key)
+
+
+def check_run_dir(cfg, key: str = "hydra.run.dir") -> None:
+    """Refuse a run directory that cannot be created or written, before Hydra creates it
+    (Hydra's own failure is a multi-line error): ``FOLDER: cannot write here (...)``."""
+    from omegaconf import OmegaConf
+
+    from nnp.outputs import check_writable
+
+    try:
+        run_dir = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        model_file = Path(str(cfg.get("model_file") or "model.pt")).name
+    except Exception:  # an interpolation only Hydra's app resolves: Hydra checks this one
+        return
+    if run_dir is None:
+        return
+    # overwrite=True: an existing model file is refused by nnp.train (which knows overwrite/resume).
+    check_writable(Path(str(run_dir)) / model_file, overwrite=True, what="model_file")
 
 
 def _quiet_libraries() -> None:

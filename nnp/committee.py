@@ -27,6 +27,7 @@ version 2, a plain dict loaded with ``weights_only=True``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ from nnp.potential import (
     _plain,
     pair_inputs,
     read_model_file,
+    short_repr,
     species_lookup,
     stress_from_strain_gradient,
 )
@@ -402,17 +404,25 @@ class Committee(nn.Module):
         if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
             raise NNPError(f"{source}: committee file has no list of member models")
         pots = [Potential.from_dict(m, f"{source} (member {k})") for k, m in enumerate(members)]
-        calibration = payload.get("calibration") or {}
+        calibration = payload.get("calibration")
+        calibration = {} if calibration is None else calibration
         if not isinstance(calibration, dict):
             raise NNPError(f"{source}: committee entry 'calibration' has the wrong type ({type(calibration).__name__})")
         for key in ("energy", "forces"):
             v = calibration.get(key, 1.0)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise NNPError(f"{source}: calibration factor {key!r} must be a positive number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 and math.isfinite(v)):
+                raise NNPError(f"{source}: calibration factor {key!r} must be a positive number, got {short_repr(v)}")
+        if not isinstance(calibration.get("applied", False), bool) or not isinstance(calibration.get("data"), (str, type(None))):
+            raise NNPError(f"{source}: committee entry 'calibration' has a wrongly typed 'applied' or 'data'")
+        metadata = payload.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise NNPError(f"{source}: committee entry 'metadata' has the wrong type ({type(metadata).__name__})")
+        # Errors name the file (the stored sources are the files the members came from).
+        check_compatible(pots, [f"{source} (member {k})" for k in range(len(pots))])
         sources = payload.get("sources")
-        if not (isinstance(sources, list) and len(sources) == len(pots)):
+        if not (isinstance(sources, list) and len(sources) == len(pots) and all(isinstance(s, str) for s in sources)):
             sources = [f"{source} (member {k})" for k in range(len(pots))]
-        return cls(pots, calibration, sources, payload.get("metadata") or {})
+        return cls(pots, calibration, sources, metadata or {})
 
 
 def _stacked_plan(nets: Sequence[nn.Module]) -> List[Tuple[str, Any, Any, Any]] | None:
@@ -496,7 +506,7 @@ def _check_units(payload: Mapping[str, Any], source: str) -> None:
     if units is None:  # version 1 files: always eV / Å
         return
     if not isinstance(units, dict) or any(units.get(k) != v for k, v in UNITS.items()):
-        raise NNPError(f"{source}: units {units!r} differ from nnp's {UNITS} (committee members must share units)")
+        raise NNPError(f"{source}: units {short_repr(units)} differ from nnp's {UNITS} (committee members must share units)")
 
 
 def model_paths(spec: Any) -> list[str] | None:

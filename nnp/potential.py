@@ -13,6 +13,7 @@ architecture config: no pickled classes, no training config needed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -269,18 +270,26 @@ class Potential(nn.Module):
         check_entries(payload, _POTENTIAL_ENTRIES, source)
         try:
             pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"])
+        except NNPError as err:
+            raise NNPError(f"{source}: entry 'model_config': {_first_line(err)}") from None
+        except Exception as err:  # a constructor fed wrongly typed values raises anything
+            raise NNPError(f"{source}: entry 'model_config' does not build a model ({type(err).__name__}: {_first_line(err)})") from None
+        try:
             missing, unexpected = pot.model.load_state_dict(payload["state_dict"], strict=False)
         except NNPError as err:
-            raise NNPError(f"{source}: {err}") from None
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+            raise NNPError(f"{source}: {_first_line(err)}") from None
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
             raise NNPError(f"{source}: weights do not fit the stored architecture ({_first_line(err)})") from None
         if missing or unexpected:
             what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
             raise NNPError(f"{source}: state_dict does not match the stored architecture ({what})")
         dtype = payload.get("dtype", "float32")
-        if dtype not in ("float32", "float64"):
-            raise NNPError(f"{source}: entry 'dtype' is {dtype!r}; expected float32 or float64")
-        pot.metadata = dict(payload.get("metadata") or {})
+        if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
+            raise NNPError(f"{source}: entry 'dtype' is {short_repr(dtype)}; expected float32 or float64")
+        metadata = payload.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise NNPError(f"{source}: model file entry 'metadata' has the wrong type ({type(metadata).__name__})")
+        pot.metadata = dict(metadata or {})
         return pot.to(getattr(torch, dtype))
 
     @classmethod
@@ -311,11 +320,20 @@ def check_entries(payload: Mapping[str, Any], entries: Mapping[str, type | tuple
         if not isinstance(payload[key], types) or isinstance(payload[key], bool):
             raise NNPError(f"{source}: model file entry {key!r} has the wrong type ({type(payload[key]).__name__})")
     species = payload.get("species")
-    if isinstance(species, list) and not all(isinstance(z, int) and 1 <= z <= 118 for z in species):
-        raise NNPError(f"{source}: model file entry 'species' must list atomic numbers 1..118")
+    if isinstance(species, list) and not (
+        species
+        and all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for z in species)
+        and all(a < b for a, b in zip(species, species[1:]))
+    ):
+        raise NNPError(f"{source}: model file entry 'species' must list distinct atomic numbers 1..118 in increasing order")
     atomref = payload.get("atomref")
     if isinstance(atomref, torch.Tensor) and isinstance(species, list) and atomref.shape != (len(species),):
         raise NNPError(f"{source}: model file entry 'atomref' has shape {tuple(atomref.shape)}, expected ({len(species)},)")
+    if isinstance(atomref, torch.Tensor) and not (atomref.is_floating_point() and torch.isfinite(atomref).all()):
+        raise NNPError(f"{source}: model file entry 'atomref' must hold finite floating-point numbers")
+    scale = payload.get("energy_scale")
+    if isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0):
+        raise NNPError(f"{source}: model file entry 'energy_scale' must be a positive number, got {scale!r}")
 
 
 def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -331,13 +349,19 @@ def read_model_file(path: str | os.PathLike, map_location: str | torch.device = 
         raise NNPError(f"{path}: not an nnp model file (a Lightning checkpoint? use the run's model.pt)")
     version = payload.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise NNPError(f"{path}: model file has an invalid format version {version!r}")
+        raise NNPError(f"{path}: model file has an invalid format version {short_repr(version)}")
     if version > FORMAT_VERSION:
         raise NNPError(f"{path}: model format version {version} is newer than this nnp (reads up to {FORMAT_VERSION})")
     kind = payload.get("kind", "potential")  # version 1 files are single potentials
-    if kind not in ("potential", "committee"):
-        raise NNPError(f"{path}: unknown model kind {kind!r}")
+    if not isinstance(kind, str) or kind not in ("potential", "committee"):
+        raise NNPError(f"{path}: unknown model kind {short_repr(kind)}")
     return payload
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` on one line, shortened (for values read from a file: a tensor's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(err: BaseException) -> str:

@@ -93,3 +93,25 @@ def assert_clean_error(res: subprocess.CompletedProcess, *needles: str) -> str:
 
 def finite(x) -> bool:
     return x is not None and bool(np.isfinite(x))
+
+
+def nnp_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The real command line, in this process (no interpreter start-up): exit code, everything printed."""
+    from nnp import cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # Hydra reads and rewrites sys.argv
+    try:
+        code = cli.main(list(args))
+    except SystemExit as stop:  # a Hydra job exits with the error's exit code
+        code = stop.code
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text, text[-3000:]
+    return code, text
+
+
+def error_line(text: str) -> str:
+    """The one ``error:`` line of a command's output."""
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text[-3000:]
+    return errors[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from itertools import product
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
-from conftest import REPO
+from conftest import REPO, error_line, nnp_cli
 from omegaconf import OmegaConf
 
 from nnp import NNPCalculator, Potential
@@ -92,27 +91,6 @@ class StandInCommittee(Calculator):
             per_atom[5] = s
             self.results.update(max_forces_std=s, energy_std=0.01 * s, forces_std=per_atom)
         self.calls += 1
-
-
-def nnp_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """The real command line, in this process (torch and ASE are imported already): exit code, output."""
-    from nnp import cli
-
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # Hydra reads and rewrites sys.argv
-    try:
-        code = cli.main(list(args))
-    except SystemExit as stop:  # a Hydra job exits with the error's exit code
-        code = stop.code
-    captured = capsys.readouterr()
-    text = captured.out + captured.err
-    assert "Traceback" not in text, text[-3000:]
-    return code, text
-
-
-def error_line(text: str) -> str:
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text[-3000:]
-    return errors[0]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

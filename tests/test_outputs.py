@@ -25,7 +25,7 @@ from pathlib import Path
 import ase.io
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, error_line, nnp_cli
 
 from nnp import Potential
 from nnp.errors import NNPError
@@ -36,27 +36,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # ----------------------------------------------------------------------------- helpers
-def nnp_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """The real command line, in this process: exit code and everything printed."""
-    from nnp import cli
-
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # Hydra reads and rewrites sys.argv
-    try:
-        code = cli.main(list(args))
-    except SystemExit as stop:  # a Hydra job exits with the error's exit code
-        code = stop.code
-    captured = capsys.readouterr()
-    text = captured.out + captured.err
-    assert "Traceback" not in text, text[-3000:]
-    return code, text
-
-
-def error_line(text: str) -> str:
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, text[-3000:]
-    return errors[0]
-
-
 def listing(folder: Path) -> dict[str, tuple[int, int, bytes]]:
     """Every file under ``folder`` with its size, mtime and content: what "nothing written" compares."""
     return {
@@ -435,3 +414,27 @@ def test_md_refuses_an_existing_summary_and_writes_it_atomically(tmp_path, monke
     assert code == 0, text[-2000:]
     assert json.loads(out.with_suffix(".json").read_text())["steps_done"] == 4
     assert len(ase.io.read(out, ":")) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["md.csv", "md.extxyz", "md.json"]
+
+
+def test_train_refuses_an_unwritable_run_dir_before_hydra_creates_it(tmp_path, monkeypatch, capsys):
+    """A run directory under a regular file (refused for root too), or under a read-only
+    folder: one line, exit 2, before Hydra (whose own error is a multi-line HYDRA_FULL_ERROR)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, text = nnp_cli(monkeypatch, capsys, "train", "data=demo", f"hydra.run.dir={blocker / 'run'}")
+    assert code == 2, text[-2000:]
+    line = error_line(text)
+    assert line == f"error: {blocker / 'run'}: cannot create this folder ({blocker} is a file)", line
+    assert "HYDRA_FULL_ERROR" not in text
+    assert blocker.read_text() == "not a folder"
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    make_readonly(ro, monkeypatch)
+    try:
+        code, text = nnp_cli(monkeypatch, capsys, "train", "data=demo", f"hydra.run.dir={ro / 'runs' / 'x'}")
+        assert code == 2, text[-2000:]
+        assert error_line(text).startswith(f"error: {ro}: cannot write here ("), text
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)

@@ -193,15 +193,21 @@ def _root_cause(err: BaseException) -> str:
     return _one_line(str(getattr(err, "msg", None) or err).splitlines()[0])  # OmegaConf adds key lines below
 
 
-def check_command_line(name: str, argv: Sequence[str], primary_dir: str | Path) -> None:
-    """Compose and check every job ``argv`` describes; ConfigError (one line) on the first problem."""
+def check_command_line(name: str, argv: Sequence[str], primary_dir: str | Path) -> list:
+    """Compose and check every job ``argv`` describes; ConfigError (one line) on the first problem.
+
+    Returns the composed configs (with the ``hydra`` node; none for ``--help`` and the like).
+    """
     line = split_command_line(argv)
     if line.passthrough:
-        return  # --help, --cfg job, ...: Hydra answers; a run is still checked by check_job
+        return []  # --help, --cfg job, ...: Hydra answers; a run is still checked by check_job
     parsed = parse_overrides(line.overrides)
+    composed = []
     for job in _jobs(parsed, line.multirun):
         cfg = compose(name, primary_dir, job, line.config_dirs)
         check_config(name, plain(cfg), added_keys(parse_overrides(job)))
+        composed.append(cfg)
+    return composed
 
 
 def check_job(name: str, cfg: Any) -> None:
