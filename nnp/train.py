@@ -213,7 +213,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if size > 1 and cfg.resume:
         raise NNPError("resume with ensemble.size > 1: resume one member's run instead (members/K/checkpoints/last.ckpt)")
     if _is_rank_zero():
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        from nnp.outputs import write_bytes
+
+        write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     shared = {
         "data": data_cfg,
         "split_file": str(run_dir / "split.npz"),

@@ -71,7 +71,9 @@ def _info(args: list[str]) -> int:
     report = file_info(path, fmt, **options)
     text = json.dumps(report, indent=2, default=_jsonable)
     if json_path:
-        Path(json_path).write_text(text + "\n")
+        from nnp.outputs import write_bytes
+
+        write_bytes(json_path, (text + "\n").encode())
     if as_json:
         print(text)
     else:

@@ -130,14 +130,18 @@ def save_split(
     meta: Mapping[str, Any],
     fingerprint: str | None = None,
 ) -> None:
+    from nnp.outputs import atomic_path
+
     check_disjoint(split, n_total, str(path))
-    np.savez(
-        path,
-        n_total=np.int64(n_total),
-        meta=np.array(repr(dict(meta))),
-        fingerprint=np.array(fingerprint or ""),
-        **{p: np.asarray(split[p], dtype=np.int64) for p in PARTS},
-    )
+    # atomically: a killed run never leaves a half-written split that a resume would trust
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            n_total=np.int64(n_total),
+            meta=np.array(repr(dict(meta))),
+            fingerprint=np.array(fingerprint or ""),
+            **{p: np.asarray(split[p], dtype=np.int64) for p in PARTS},
+        )
 
 
 def load_split(path: str | Path, n_total: int, fingerprint: str | None = None) -> dict[str, np.ndarray]:
