@@ -235,7 +235,7 @@ def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
                     dyn.run(n)
                 except Tripped:
                     raise
-                except Exception:
+                except (RuntimeError, ValueError, FloatingPointError, NNPError):
                     # the model failed on the integrator's new positions: non-finite ones are a blow-up
                     vel = atoms.get_velocities() if atoms.has("momenta") else None
                     blowup = check_non_finite(dyn.nsteps + 1, atoms.positions, vel)
