@@ -203,6 +203,20 @@ def test_exported_committee_matches_python(tmp_path):
         torch.testing.assert_close(b[key].detach(), a[key], rtol=1e-5, atol=1e-6)
 
 
+def test_export_command_takes_a_list_of_files(tmp_path):
+    from nnp.cli import main as cli_main
+
+    paths = []
+    for k, m in enumerate(members_of("ani", 2, torch.float32)):
+        m.save(tmp_path / f"m{k}.pt")
+        paths.append(str(tmp_path / f"m{k}.pt"))
+    out = tmp_path / "c.ts"
+    assert cli_main(["export", f"ckpt=[{','.join(paths)}]", f"output={out}"]) == 0
+    assert exported_metadata(out)["n_members"] == 2
+    res = load_exported(out)(batch_of([ethanol()]))
+    assert res[keys.MAX_FORCES_STD].shape == (1,) and float(res[keys.MAX_FORCES_STD][0]) > 0
+
+
 # --------------------------------------------------------------- commands
 @pytest.fixture(scope="module")
 def committee_run(tmp_path_factory, tiny_h5) -> Path:
