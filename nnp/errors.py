@@ -15,6 +15,8 @@ Exit codes (the README's table is this one):
       force or temperature limit, atoms too close) (:class:`SafetyStop`)
 4     an MD run stopped because the committee's uncertainty passed
       ``md.uncertainty.threshold`` with ``action=stop`` (:class:`UncertaintyStop`)
+75    stopped early with a checkpoint or restart file (preemption, SIGTERM,
+      a wall-time limit such as ``md.max_time``): rerun the same command to continue
 130   interrupted (Ctrl-C)
 ====  ===========================================================
 """
@@ -24,6 +26,7 @@ EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_SAFETY_STOP = 3
 EXIT_UNCERTAINTY_STOP = 4
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: try again, the work so far is saved
 EXIT_INTERRUPTED = 130
 
 
