@@ -17,11 +17,13 @@ N_ATOMS: Final[str] = "n_atoms"  # (M,) int64
 CELL: Final[str] = "cell"  # (M, 3, 3) float, Å, rows are lattice vectors
 PBC: Final[str] = "pbc"  # (M, 3) bool
 STRUCTURE_ID: Final[str] = "structure_id"  # (M,) int64, index into the dataset
+TOTAL_CHARGE: Final[str] = "total_charge"  # (M,) float, e; absent = neutral (terms: coulomb)
 
 # --- labels (eV, eV/Å, eV/Å^3) ---
 ENERGY: Final[str] = "energy"  # (M,) total energy, eV
 FORCES: Final[str] = "forces"  # (N, 3) eV/Å
 STRESS: Final[str] = "stress"  # (M, 3, 3) eV/Å^3, ASE sign convention
+DIPOLE: Final[str] = "dipole"  # (M, 3) e Å, label and output (terms: coulomb)
 
 # --- derived inside the potential ---
 SPECIES: Final[str] = "species"  # (N,) int64, index into the model's species list
@@ -38,3 +40,8 @@ FORCES_STD: Final[str] = "forces_std"  # (N,) eV/Å, RMS deviation of the member
 MAX_FORCES_STD: Final[str] = "max_forces_std"  # (M,) eV/Å, largest FORCES_STD of each structure
 MEMBER_ENERGY: Final[str] = "member_energy"  # (K, M) eV, each member's energies
 MEMBER_FORCES: Final[str] = "member_forces"  # (K, N, 3) eV/Å, each member's forces
+
+# --- energy terms (nnp.terms) ---
+ATOM_FEATURES: Final[str] = "atom_features"  # (N, F) per-atom features a model hands to term heads
+CHARGES: Final[str] = "charges"  # (N,) e, per-atom charges summing to each structure's total charge
+TERM_ENERGY: Final[str] = "term_energy:"  # prefix: "term_energy:coulomb" (M,) eV, one term's share

@@ -2,7 +2,7 @@
 
 This is the one place where energies become forces (and stress), by autograd:
 
-    E_m   = sum_{i in m} ( scale * model_i + E_ref[species_i] )     eV
+    E_m   = sum_{i in m} ( scale * model_i + E_ref[species_i] ) + sum_t E_t,m   eV
     F_i   = -dE/dR_i                                               eV/Å
     sigma = (1/V) dE/d(strain)                                     eV/Å^3
 
@@ -27,6 +27,7 @@ from nnp.errors import NNPError
 from nnp.models import AtomisticModel, build_model
 from nnp.neighbors import neighbor_list
 from nnp.nn import scatter_sum
+from nnp.terms import EnergyTerm, build_terms
 
 FORMAT = "nnp.potential"
 #: Model file format versions (every change to the file bumps it; tests/data keeps
@@ -34,7 +35,9 @@ FORMAT = "nnp.potential"
 #: 1  single potential
 #: 2  ``kind`` ("potential" | "committee"); committee files hold ``members`` (a list
 #:    of version-2 potential dicts) and ``calibration`` (std scale factors)
-FORMAT_VERSION = 2
+#: 3  ``terms``: energy terms (:mod:`nnp.terms`), name -> settings (plain values), and
+#:    ``terms_state_dict``: their weights (the coulomb charge head); both empty without terms
+FORMAT_VERSION = 3
 
 
 def stress_from_strain_gradient(grad: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
@@ -90,7 +93,14 @@ def pair_inputs(
         keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
         keys.IDX_M: idx_m,
         keys.N_ATOMS: n_atoms,
+        # what energy terms (nnp.terms) read besides the pairs: the strained geometry
+        keys.Z: batch[keys.Z],
+        keys.R: positions,
+        keys.CELL: cell,
+        keys.PBC: pbc,
     }
+    if keys.TOTAL_CHARGE in batch:
+        inputs[keys.TOTAL_CHARGE] = batch[keys.TOTAL_CHARGE]
     return inputs, unstrained, strain
 
 
@@ -119,9 +129,14 @@ class Potential(nn.Module):
         species: Sequence[int],
         atomref: Sequence[float] | torch.Tensor | None = None,
         energy_scale: float = 1.0,
+        terms: Sequence[EnergyTerm] = (),
     ):
+        """``terms``: energy terms added to the model's energy (:mod:`nnp.terms`)."""
         super().__init__()
         self.model = model
+        self.terms = nn.ModuleList(terms)
+        # True while training: terms whose energy is not in the labels (in_labels=false) are left out
+        self.fitting = False
         self.model_config = dict(model_config)
         self.species = [int(z) for z in species]
         self.cutoff = float(model.cutoff)
@@ -142,10 +157,13 @@ class Potential(nn.Module):
         species: Sequence[int],
         atomref: Sequence[float] | torch.Tensor | None = None,
         energy_scale: float = 1.0,
+        terms: Mapping[str, Any] | None = None,
     ) -> Potential:
+        """``terms``: term name -> settings (the ``terms`` config; see :func:`nnp.terms.build_terms`)."""
         species = sorted(int(z) for z in species)
         model = build_model(model_config, species)
-        return cls(model, model_config, species, atomref, energy_scale)
+        info = {"species": species, "cutoff": float(model.cutoff), "n_atom_features": int(getattr(model, "n_atom_features", 0))}
+        return cls(model, model_config, species, atomref, energy_scale, build_terms(terms, info))
 
     def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Atomic numbers (N,) -> species indices (N,); raises on unknown elements."""
@@ -220,7 +238,10 @@ class Potential(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """The body of :meth:`forward` (grad mode already on)."""
         inputs, unstrained, strain = self._geometry(batch, species, compute_forces, compute_stress)
-        results = self._energies(self.model(inputs), species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
+        out = self.model(inputs)
+        results = self._energies(out, species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
+        if len(self.terms) > 0:
+            self._add_terms(inputs, out, results)
         energy = results[keys.ENERGY]
         if compute_forces or compute_stress:
             wrt = [unstrained, strain] if compute_stress else [unstrained]
@@ -237,6 +258,26 @@ class Potential(nn.Module):
                 results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(energy.dtype))
         return results
 
+    def _add_terms(self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor]) -> None:
+        """Add each term's energy (M,) to ``results[keys.ENERGY]``; record it as
+        ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole)."""
+        energy = results[keys.ENERGY]
+        for term in self.terms:
+            if self.fitting and not term.in_labels:
+                continue
+            extra = term(inputs, out)
+            share = extra["energy"].to(energy.dtype)
+            energy = energy + share
+            results[keys.TERM_ENERGY + term.name] = share
+            for key, value in extra.items():
+                if key != "energy":
+                    results[key] = value
+        results[keys.ENERGY] = energy
+
+    def term_settings(self) -> Dict[str, Any]:
+        """Term name -> settings, as stored in the model file (empty without terms)."""
+        return {term.name: term.settings() for term in self.terms}
+
     # ------------------------------------------------------------- save/load
     def to_dict(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -251,6 +292,8 @@ class Potential(nn.Module):
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "dtype": str(self.atomref.dtype).replace("torch.", ""),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "terms": _plain(self.term_settings()),
+            "terms_state_dict": {k: v.detach().cpu().clone() for k, v in self.terms.state_dict().items()},
             "metadata": _plain(dict(metadata or {})),
         }
 
@@ -268,8 +311,11 @@ class Potential(nn.Module):
     def from_dict(cls, payload: Mapping[str, Any], source: str = "model") -> Potential:
         """Rebuild from :meth:`to_dict`'s payload; a malformed payload raises one NNPError naming ``source``."""
         check_entries(payload, _POTENTIAL_ENTRIES, source)
+        terms = payload.get("terms") or {}  # files before version 3 have none
+        if not isinstance(terms, dict) or not isinstance(payload.get("terms_state_dict") or {}, dict):
+            raise NNPError(f"{source}: model file entry 'terms' has the wrong type ({type(terms).__name__})")
         try:
-            pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"])
+            pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"], terms)
         except NNPError as err:
             raise NNPError(f"{source}: entry 'model_config': {_first_line(err)}") from None
         except Exception as err:  # a constructor fed wrongly typed values raises anything
@@ -283,6 +329,10 @@ class Potential(nn.Module):
         if missing or unexpected:
             what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
             raise NNPError(f"{source}: state_dict does not match the stored architecture ({what})")
+        try:
+            pot.terms.load_state_dict(payload.get("terms_state_dict") or {}, strict=True)
+        except (RuntimeError, ValueError, TypeError, KeyError) as err:
+            raise NNPError(f"{source}: entry 'terms_state_dict' does not fit the stored terms ({_first_line(err)})") from None
         dtype = payload.get("dtype", "float32")
         if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
             raise NNPError(f"{source}: entry 'dtype' is {short_repr(dtype)}; expected float32 or float64")

@@ -121,3 +121,31 @@ def _cosine(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
     t_max = int(cfg.get("t_max") or 0) or (max_epochs if max_epochs and max_epochs > 0 else 100)
     s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(cfg.get("min_lr", 1e-6)))
     return {"scheduler": s, "interval": "epoch"}
+
+
+# ------------------------------------------------------------- energy terms
+# builder(settings, model_info) -> nnp.terms.EnergyTerm; settings: terms.<name> (a dict),
+# model_info: {"species": [Z...], "cutoff": Å, "n_atom_features": int}
+
+TERMS = Registry("energy term", "terms")
+
+
+@TERMS.register("coulomb")
+def _coulomb(settings: Mapping[str, Any], model_info: Mapping[str, Any]):
+    from nnp.terms.coulomb import Coulomb
+
+    return Coulomb(len(model_info["species"]), int(model_info["n_atom_features"]), **dict(settings))
+
+
+@TERMS.register("d3")
+def _d3(settings: Mapping[str, Any], model_info: Mapping[str, Any]):
+    from nnp.terms.d3 import D3
+
+    return D3(**dict(settings))
+
+
+@TERMS.register("zbl")
+def _zbl(settings: Mapping[str, Any], model_info: Mapping[str, Any]):
+    from nnp.terms.zbl import ZBL
+
+    return ZBL(model_info["species"], float(model_info["cutoff"]), **dict(settings))

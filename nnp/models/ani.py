@@ -42,6 +42,7 @@ class ANI(AtomisticModel):
         per_species = [
             [int(h) for h in overrides.get(chemical_symbols[z], hidden)] for z in species
         ]
+        self.n_atom_features = self.aev.length
         self.networks = ElementwiseMLP(n_species, self.aev.length, per_species, activation)
         # atoms per chunk for large inputs (a speed setting only; results are the same)
         self.chunk_atoms = 1024
@@ -49,9 +50,12 @@ class ANI(AtomisticModel):
     def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]
         energies: List[torch.Tensor] = []
+        aevs: List[torch.Tensor] = []
         for start, stop, features in self.descriptor_chunks(inputs):
             energies.append(self.networks(features, species[start:stop]))
-        return {keys.ATOMIC_ENERGY: torch.cat(energies)}
+            aevs.append(features)
+        # the AEVs are the per-atom features term heads read (nnp.terms: charges)
+        return {keys.ATOMIC_ENERGY: torch.cat(energies), keys.ATOM_FEATURES: torch.cat(aevs)}
 
     def descriptor_chunks(self, inputs: Dict[str, torch.Tensor]) -> List[Tuple[int, int, torch.Tensor]]:
         """AEVs of atoms ``start:stop`` as ``(start, stop, features)``, in chunks of ``chunk_atoms``.

@@ -18,8 +18,11 @@ class AtomisticModel(nn.Module):
     Constructors take ``species`` (sorted atomic numbers) first, then their
     hyperparameters as keyword arguments (the model config minus ``name``).
     Attributes every model sets: ``cutoff`` (Å, the largest pair distance it
-    reads) and ``n_species``.
+    reads) and ``n_species``. Models also return ``keys.ATOM_FEATURES`` (N, F),
+    the per-atom features their energy is read from (F = ``n_atom_features``),
+    which term heads read (the charges of :mod:`nnp.terms.coulomb`).
     """
 
     cutoff: float
     n_species: int
+    n_atom_features: int

@@ -112,6 +112,7 @@ class HIPNN(AtomisticModel):
         nn.init.zeros_(self.energy_heads[0].weight)
         nn.init.zeros_(self.energy_heads[0].bias)
         self.n_layers = len(widths)
+        self.n_atom_features = widths[-1]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]
@@ -128,4 +129,4 @@ class HIPNN(AtomisticModel):
         for k, head in enumerate(self.energy_heads):
             shares.append(head(features[k]))
         layer_energy = torch.cat(shares, dim=1)  # (N, L)
-        return {keys.ATOMIC_ENERGY: layer_energy.sum(1), keys.LAYER_ENERGY: layer_energy}
+        return {keys.ATOMIC_ENERGY: layer_energy.sum(1), keys.LAYER_ENERGY: layer_energy, keys.ATOM_FEATURES: z}

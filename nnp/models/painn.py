@@ -108,6 +108,7 @@ class PaiNN(AtomisticModel):
         self.n_species = len(species)
         self.cutoff = float(cutoff)
         self.n_features = int(n_features)
+        self.n_atom_features = self.n_features
         hidden: list[int] = [int(h) for h in readout_hidden] if readout_hidden is not None else [n_features // 2]
         self.embedding = nn.Embedding(self.n_species, n_features)
         self.radial = build_radial_basis(radial_basis, n_rbf, cutoff)
@@ -133,4 +134,4 @@ class PaiNN(AtomisticModel):
         for layer in self.layers:
             s, v = layer(s, v, radial, unit, i, j, first)
             first = False
-        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1)}
+        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}

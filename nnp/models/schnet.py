@@ -81,6 +81,7 @@ class SchNet(AtomisticModel):
         self.n_species = len(species)
         self.cutoff = float(cutoff)
         n_filters = int(n_filters or n_features)
+        self.n_atom_features = int(n_features)
         hidden: list[int] = [int(h) for h in readout_hidden] if readout_hidden is not None else [n_features // 2]
         self.embedding = nn.Embedding(self.n_species, n_features)
         self.radial = build_radial_basis(radial_basis, n_rbf, cutoff)
@@ -101,4 +102,4 @@ class SchNet(AtomisticModel):
         x = self.embedding(species)
         for interaction in self.interactions:
             x = x + interaction(x, rbf, fcut, i, j)
-        return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1)}
+        return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
