@@ -6,7 +6,9 @@
     atoms.calc = NNPCalculator("committee.pt")
 
 Energies in eV, forces in eV/Å, stress in eV/Å^3 (ASE conventions), as the
-model file states its units. A committee gives the members' mean and, in
+model file states its units. A structure's total charge is ``atoms.info['charge']``
+(e; missing = neutral); models with the coulomb term give ``atoms.get_charges()``
+(e) and ``get_dipole_moment()`` (e Å). A committee gives the members' mean and, in
 ``results``, ``energy_std`` (eV), ``forces_std`` (n,) eV/Å (per atom, the RMS
 deviation of the members' force vectors from the mean) and ``max_forces_std``
 (eV/Å).
@@ -33,6 +35,7 @@ class NNPCalculator(Calculator):
 
     implemented_properties = [
         "energy", "free_energy", "forces", "energies", "stress", "energy_std", "forces_std", "max_forces_std",
+        "charges", "dipole",
     ]
 
     def __init__(
@@ -57,6 +60,9 @@ class NNPCalculator(Calculator):
         self.dtype = model_dtype(self.potential)
         self.is_committee = isinstance(self.potential, Committee)
         if jit:
+            from nnp.export import check_scriptable
+
+            check_scriptable(self.potential)
             self.potential = torch.jit.script(self.potential)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -71,6 +77,9 @@ class NNPCalculator(Calculator):
             "forces": out[keys.FORCES].double().numpy(),
             "energies": out[keys.ATOMIC_ENERGY].double().numpy(),
         }
+        if keys.CHARGES in out:  # models with the coulomb term: atoms.get_charges(), e
+            self.results["charges"] = out[keys.CHARGES].double().numpy()
+            self.results["dipole"] = out[keys.DIPOLE][0].double().numpy()
         if keys.ENERGY_STD in out:
             self.results["energy_std"] = float(out[keys.ENERGY_STD][0])
         if keys.FORCES_STD in out:

@@ -279,6 +279,9 @@ def check_compatible(members: Sequence[Potential], sources: Sequence[str]) -> No
     def names(species):
         return ",".join(chemical_symbols[z] for z in species)
 
+    for m, src in zip(members, sources):
+        if len(m.terms) > 0:  # members are evaluated on shared inputs that carry no terms
+            raise NNPError(f"{src}: has energy terms ({', '.join(t.name for t in m.terms)}); committees of models with terms are not supported yet")
     for m, src in zip(members[1:], sources[1:]):
         if m.species != first.species:
             raise NNPError(

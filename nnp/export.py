@@ -54,11 +54,25 @@ torch::jit::load (C++) without nnp.
   overwrite  replace an existing output file (default: false)"""
 
 
+def check_scriptable(model: torch.nn.Module) -> None:
+    """Refuse (one line) a model with an energy term that does not compile to TorchScript
+    (d3: the dftd3 package): it is never exported without its term."""
+    members = getattr(model, "members", None) or [model]
+    for member in members:
+        for term in getattr(member, "terms", []):
+            if not term.scriptable:
+                raise NNPError(
+                    f"this model has the {term.name} term, which runs the dftd3 package outside TorchScript: "
+                    "it cannot be exported (use the model file with nnp md, nnp predict or the ASE calculator)"
+                )
+
+
 def export_potential(
     potential: Potential, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Script ``potential`` and write it to ``path`` (atomically); returns the path."""
     path = Path(path)
+    check_scriptable(potential)
     try:
         scripted = torch.jit.script(potential)
     except Exception as err:  # the TorchScript compiler raises many types

@@ -20,7 +20,7 @@ from nnp.data.collate import collate
 #: Outputs copied back per call (the rest, e.g. member energies, stay with the model call).
 _OUTPUTS = (
     keys.ENERGY, keys.FORCES, keys.ATOMIC_ENERGY, keys.STRESS, keys.LAYER_ENERGY,
-    keys.ENERGY_STD, keys.FORCES_STD, keys.MAX_FORCES_STD,
+    keys.ENERGY_STD, keys.FORCES_STD, keys.MAX_FORCES_STD, keys.CHARGES, keys.DIPOLE,
 )
 
 
@@ -51,11 +51,28 @@ def run_batch(
     if stress is None:
         stress = bool(batch[keys.PBC].all(-1).any())
     out = model(batch, compute_forces=forces, compute_stress=stress)
-    result = {k: out[k].detach().cpu() for k in _OUTPUTS if k in out}
+    note_missing_charge(model, batch)
+    result = {k: out[k].detach().cpu() for k in out if k in _OUTPUTS or k.startswith(keys.TERM_ENERGY)}
     if keys.STRESS in result:
         periodic = batch[keys.PBC].all(-1).cpu()
         result[keys.STRESS] = torch.where(periodic[:, None, None], result[keys.STRESS], torch.full_like(result[keys.STRESS], float("nan")))
     return result
+
+
+_said: set[str] = set()
+
+
+def note_missing_charge(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """Say once per process that structures without a total charge are taken as neutral
+    (only for models whose terms read it: coulomb)."""
+    if "charge" in _said or keys.TOTAL_CHARGE in batch:
+        return
+    terms = getattr(model, "terms", None)
+    if terms is not None and any(getattr(t, "name", "") == "coulomb" for t in terms):
+        from nnp.report import console
+
+        console.print("[yellow]note:[/] no total charge given (atoms.info['charge']): structures are taken as neutral")
+        _said.add("charge")
 
 
 def run_batches(
@@ -113,11 +130,12 @@ def per_structure(batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) 
 
     Keys: energy (eV), forces (n, 3) eV/Å, energies (n,) eV per atom, stress (3, 3)
     eV/Å^3 where periodic; with a committee also energy_std (eV), forces_std (n,)
-    eV/Å and max_forces_std (eV/Å).
+    eV/Å and max_forces_std (eV/Å); with terms (:mod:`nnp.terms`) energy_<term> (eV,
+    each term's share of energy), and with coulomb charges (n,) e and dipole (3,) e Å.
     """
     n = batch[keys.N_ATOMS].tolist()
     split: dict[str, Sequence[torch.Tensor]] = {}
-    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std")):
+    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std"), (keys.CHARGES, "charges")):
         if key in out:
             split[name] = torch.split(out[key].double(), n)
     periodic = batch[keys.PBC].all(-1).tolist()
@@ -131,5 +149,10 @@ def per_structure(batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) 
         for key in (keys.ENERGY_STD, keys.MAX_FORCES_STD):
             if key in out:
                 r[key] = float(out[key][m])
+        if keys.DIPOLE in out:
+            r["dipole"] = out[keys.DIPOLE][m].double().numpy()
+        for key in out:
+            if key.startswith(keys.TERM_ENERGY):  # "energy_zbl": one term's share (eV)
+                r["energy_" + key[len(keys.TERM_ENERGY):]] = float(out[key][m])
         results.append(r)
     return results

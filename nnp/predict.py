@@ -80,12 +80,18 @@ def run(cfg: DictConfig) -> list[dict]:
     preds = predict_structures(potential, frames, int(cfg.batch_size), str(cfg.device))
     for atoms, p in zip(frames, preds):
         kw = {"energy": p["energy"], "forces": p["forces"], "energies": p["energies"]}
+        for key in ("charges", "dipole"):  # models with the coulomb term
+            if key in p:
+                kw[key] = p[key]
         if "stress" in p:
             kw["stress"] = full_3x3_to_voigt_6_stress(p["stress"])
         atoms.calc = SinglePointCalculator(atoms, **kw)
         for key in ("energy_std", "max_forces_std"):
             if key in p:
                 atoms.info[key] = p[key]
+        for key in p:
+            if key.startswith("energy_") and key not in ("energy_std",):
+                atoms.info[key] = p[key]  # energy_zbl, energy_coulomb, ...: each term's share (eV)
         if "forces_std" in p:
             atoms.arrays["forces_std"] = p["forces_std"]
     # temp file beside the output (never beside the input), renamed when complete

@@ -142,9 +142,11 @@ def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtyp
     from nnp.training.datamodule import AtomsDataModule
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3)).to(dtype)
+    terms = OmegaConf.to_container(cfg.terms, resolve=True) if cfg.get("terms") else None
+    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3), terms=terms).to(dtype)
     n_params = sum(p.numel() for p in potential.parameters())
-    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}")
+    with_terms = f", terms {', '.join(t.name for t in potential.terms)}" if len(potential.terms) else ""
+    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}{with_terms}")
     module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
     datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
     trainer = build_trainer(cfg, out_dir)
@@ -158,6 +160,7 @@ def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtyp
         "best_val_loss": float(trainer.checkpoint_callback.best_model_score) if best else None,
         "n_parameters": n_params,
     }
+    module.potential.fitting = False  # terms not in the labels (d3 in_labels=false) join again
     return module.potential.cpu().eval(), info
 
 
@@ -180,6 +183,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
 
+    from nnp.terms.training import check_terms_setup
+
+    check_terms_setup(cfg, data_cfg, loss_cfg)  # before reading data: terms and their labels fit together
     dataset = open_dataset(data_cfg)
     if loss_cfg.get("forces_weight", 0) > 0 and not dataset.has_forces:
         console.print("[yellow]note:[/] the data has no forces: training on energies only (loss.forces_weight=0)")

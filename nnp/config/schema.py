@@ -115,6 +115,8 @@ class DataConfig:
     num_workers: int = setting(0, ge=0)
     split: SplitConfig = group(SplitConfig)
     split_file: str | None = setting(None)
+    charge_key: str | None = setting(None, hint="each structure's total charge (e), for terms=[coulomb]; null: neutral")
+    dipole_key: str | None = setting(None, hint="each structure's dipole (3,) e Å, for loss.dipole_weight")
 
 
 # ===================================================================== model
@@ -200,6 +202,43 @@ def register_model_schema(name: str, schema: type) -> None:
     MODELS[name] = schema
 
 
+# ===================================================================== terms
+# terms=[coulomb,d3,zbl] (conf/terms/*.yaml, a Hydra multi-select group; nnp.terms)
+
+
+@dataclass
+class CoulombTerm:
+    hidden: list[int] = setting([32], **_WIDTHS)
+    activation: str = setting("silu", choices=ACTIVATIONS)
+    damping: float = setting(1.0, gt=0, hint="Å: sigma of erf(r/sigma)/r")
+    ewald_cutoff: float = setting(8.0, gt=0, hint="Å, real-space cutoff of the Ewald sum (periodic cells)")
+    ewald_accuracy: float = setting(1.0e-6, gt=0, lt=1)
+
+
+@dataclass
+class D3Term:
+    functional: str | None = setting("pbe", hint="dftd3's D3(BJ) table entry: pbe, b3lyp, wb97x, ...; null: give s8, a1, a2")
+    in_labels: bool = setting(True, hint="true: the labels contain D3 (learn the rest); false: add it on top at inference")
+    s6: float | None = setting(None, ge=0, hint="null: the functional's")
+    s8: float | None = setting(None, ge=0, hint="null: the functional's")
+    a1: float | None = setting(None, ge=0, hint="null: the functional's")
+    a2: float | None = setting(None, ge=0, hint="bohr; null: the functional's")
+    s9: float | None = setting(None, ge=0, hint="three-body ATM; null: the functional's")
+
+
+@dataclass
+class ZBLTerm:
+    inner: float = setting(0.5, ge=0, hint="fraction of R_cov,i + R_cov,j: full repulsion below")
+    outer: float = setting(0.8, gt=0, hint="fraction of R_cov,i + R_cov,j: none above")
+
+
+@dataclass
+class TermsConfig:
+    coulomb: CoulombTerm | None = setting(None)
+    d3: D3Term | None = setting(None)
+    zbl: ZBLTerm | None = setting(None)
+
+
 # ============================================================ loss, optim, trainer
 
 
@@ -208,6 +247,7 @@ class LossConfig:
     energy_weight: float = setting(1.0, ge=0)
     forces_weight: float = setting(10.0, ge=0)
     per_atom_energy: bool = setting(True)
+    dipole_weight: float = setting(0.0, ge=0, hint="(e Å)^2 MSE of dipoles from the coulomb term's charges")
 
 
 @dataclass
@@ -278,6 +318,7 @@ class TrainCommand:
     verbose: bool = setting(False, hint="Lightning's model summary and messages")
     ensemble: EnsembleConfig = group(EnsembleConfig)
     early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
+    terms: TermsConfig | None = setting(None, hint="terms=[coulomb,d3,zbl]")
 
 
 _CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)

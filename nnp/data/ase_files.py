@@ -95,6 +95,26 @@ def _label(atoms, key: str, row_data: dict | None):
     return None
 
 
+def extra_labels(sample: dict, atoms, data: dict | None, where: str, charge_key: str | None, dipole_key: str | None) -> None:
+    """Add the total charge (e) and dipole (3,) e Å under ``charge_key``/``dipole_key`` to ``sample``."""
+    from nnp.data.collate import total_charge
+
+    for key, name in ((charge_key, keys.TOTAL_CHARGE), (dipole_key, keys.DIPOLE)):
+        if key is None:
+            continue
+        value = _label(atoms, key, data)
+        if value is None:
+            setting = "data.charge_key" if name == keys.TOTAL_CHARGE else "data.dipole_key"
+            raise NNPError(f"{where}: no '{key}' ({setting})")
+        if name == keys.TOTAL_CHARGE:
+            sample[name] = total_charge(value, f"{where}: total charge '{key}'")
+        else:
+            dipole = _floats(value, where, f"dipole '{key}'").reshape(-1)
+            if dipole.shape != (3,):
+                raise NNPError(f"{where}: dipole '{key}' has shape {dipole.shape}, expected (3,)")
+            sample[name] = dipole
+
+
 def _number(value, where: str, what: str) -> float:
     """A label that must be one number (an energy), else NNPError naming it."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, np.ndarray) and value.dtype.kind == "b"):
@@ -144,7 +164,10 @@ class AseDataset(AtomsDataset):
         length_factor: float = 1.0,
         skip_nan: bool = True,
         min_distance: float = 0.5,
+        charge_key: str | None = None,
+        dipole_key: str | None = None,
     ):
+        """``charge_key``: each structure's total charge (e); ``dipole_key``: its dipole (3,) e Å."""
         self.path = str(path)
         frames, extra = self._read(self.path)
         self.samples: list[dict] = []
@@ -189,6 +212,7 @@ class AseDataset(AtomsDataset):
             }
             if f is not None:
                 sample[keys.FORCES] = f * (energy_factor / length_factor)
+            extra_labels(sample, atoms, data, where, charge_key, dipole_key)
             self.samples.append(sample)
             g = _label(atoms, group_key, data) if group_key else None
             labels.append(str(g) if g is not None else atoms.get_chemical_formula())

@@ -37,15 +37,36 @@ def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         batch[keys.FORCES] = torch.from_numpy(
             np.concatenate([s[keys.FORCES] for s in samples]).astype(np.float64)
         )
+    if any(keys.TOTAL_CHARGE in s for s in samples):  # total charge (e): missing = neutral
+        batch[keys.TOTAL_CHARGE] = torch.tensor([float(s.get(keys.TOTAL_CHARGE, 0.0)) for s in samples], dtype=torch.float64)
+    if all(keys.DIPOLE in s for s in samples):  # dipole labels (e Å)
+        batch[keys.DIPOLE] = torch.from_numpy(np.stack([s[keys.DIPOLE] for s in samples]).astype(np.float64))
     return batch
 
 
 def atoms_to_sample(atoms, index: int = 0) -> Sample:
-    """An ``ase.Atoms`` (no labels) -> sample for :func:`collate`."""
-    return {
+    """An ``ase.Atoms`` (no labels) -> sample for :func:`collate`; with the total charge
+    ``atoms.info['charge']`` (ASE's convention, e) when it has one."""
+    sample = {
         keys.Z: atoms.numbers.astype(np.int64),
         keys.R: atoms.positions.astype(np.float64),
         keys.CELL: np.asarray(atoms.cell.array, dtype=np.float64),
         keys.PBC: np.asarray(atoms.pbc, dtype=bool),
         keys.STRUCTURE_ID: index,
     }
+    if "charge" in atoms.info:
+        sample[keys.TOTAL_CHARGE] = total_charge(atoms.info["charge"], f"structure {index}: atoms.info['charge']")
+    return sample
+
+
+def total_charge(value, where: str) -> float:
+    """A structure's total charge (e) as a float; NNPError naming ``where`` unless it is a whole number."""
+    from nnp.errors import NNPError
+
+    try:
+        q = float(value)
+    except (TypeError, ValueError):
+        raise NNPError(f"{where} = {value!r}: the total charge must be a whole number of e") from None
+    if not np.isfinite(q) or abs(q - round(q)) > 1e-6:
+        raise NNPError(f"{where} = {value!r}: the total charge must be a whole number of e")
+    return float(round(q))

@@ -349,6 +349,25 @@ class HDF5Dataset(AtomsDataset):
     def __len__(self) -> int:
         return int(self._gid.shape[0])
 
+    def column(self, key: str) -> np.ndarray:
+        """Per-structure values (n, ...) of dataset ``key`` of every group, in this dataset's order
+        (total charges, dipoles); NNPError naming the first group without it."""
+        out: np.ndarray | None = None
+        order = np.argsort(self._gid, kind="stable")
+        bounds = np.searchsorted(self._gid[order], np.arange(len(self.h5_groups) + 1))
+        with open_h5(self.path) as f:
+            for gid, name in enumerate(self.h5_groups):
+                sel = order[bounds[gid]:bounds[gid + 1]]
+                if len(sel) == 0:
+                    continue
+                if key not in f[name]:
+                    raise NNPError(f"{self.path}:/{name}: no dataset '{key}'")
+                values = np.asarray(f[name][key], dtype=np.float64)[self._row[sel]]
+                if out is None:
+                    out = np.zeros((len(self),) + values.shape[1:])
+                out[sel] = values
+        return out if out is not None else np.zeros(0)
+
     def __getitem__(self, index: int) -> dict:
         return self.__getitems__([int(index)])[0]
 

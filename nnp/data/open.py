@@ -48,10 +48,16 @@ def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
             group_key=cfg.get("group_key", None),
             energy_factor=1.0 if e_fac is None else e_fac,
             length_factor=1.0 if l_fac is None else l_fac,
+            charge_key=cfg.get("charge_key") or None,
+            dipole_key=cfg.get("dipole_key") or None,
             **common,
         )
     else:
         raise NNPError(f"unknown data.format {fmt!r}; choose 'hdf5' (ANI-1x layout) or 'ase' (any ASE-readable file)")
     if len(ds) == 0:
         raise NNPError(f"{path}: dataset is empty (no usable structures; {ds.n_skipped} skipped)")
+    if fmt == "hdf5" and (cfg.get("charge_key") or cfg.get("dipole_key")):
+        from nnp.data.extra_labels import with_extra_labels
+
+        ds = with_extra_labels(ds, cfg.get("charge_key") or None, cfg.get("dipole_key") or None)
     return ds

@@ -16,7 +16,9 @@ class EnergyForceLoss:
     eV/Å per Cartesian component. Also returns MAEs for logging.
     """
 
-    def __init__(self, energy_weight: float = 1.0, forces_weight: float = 10.0, per_atom_energy: bool = True):
+    def __init__(self, energy_weight: float = 1.0, forces_weight: float = 10.0, per_atom_energy: bool = True, dipole_weight: float = 0.0):
+        """``dipole_weight``: weight of MSE(dipole components) in (e Å)^2, from the coulomb term's charges."""
+        self.dipole_weight = float(dipole_weight)
         self.energy_weight = float(energy_weight)
         self.forces_weight = float(forces_weight)
         self.per_atom_energy = bool(per_atom_energy)
@@ -44,4 +46,9 @@ class EnergyForceLoss:
             if self.uses_forces:
                 loss = loss + self.forces_weight * df.pow(2).mean()
             metrics["forces_mae"] = df.abs().mean().detach()
+        if keys.DIPOLE in pred and keys.DIPOLE in batch:  # models with the coulomb term, data.dipole_key
+            dd = pred[keys.DIPOLE] - batch[keys.DIPOLE]
+            if self.dipole_weight > 0:
+                loss = loss + self.dipole_weight * dd.pow(2).mean()
+            metrics["dipole_mae"] = dd.abs().mean().detach()
         return loss, metrics

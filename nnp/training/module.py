@@ -25,6 +25,7 @@ class PotentialModule(pl.LightningModule):
     def __init__(self, potential: Potential, loss: Mapping[str, Any], optim: Mapping[str, Any]):
         super().__init__()
         self.potential = potential
+        potential.fitting = True  # leaves out terms the labels do not contain (nnp.terms)
         self.loss_fn = EnergyForceLoss(**dict(loss))
         self.optim_cfg = dict(optim)
 

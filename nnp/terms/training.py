@@ -1,0 +1,33 @@
+"""Checks that a training run's terms, data keys and loss fit together (before any data is read)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nnp.errors import NNPError
+from nnp.registry import TERMS
+from nnp.report import console
+
+
+def check_terms_setup(cfg: Any, data_cfg: Mapping[str, Any], loss_cfg: Mapping[str, Any]) -> None:
+    """One line for a term name that does not exist, a committee with terms, a dipole loss without
+    charges or dipole labels; a note (once) when coulomb has no total charges (then neutral)."""
+    terms = dict(cfg.get("terms") or {})
+    for name in terms:
+        TERMS.get(name)  # unknown: one line listing the valid terms
+    if "d3" in terms:  # the functional's name, before any data is read
+        from nnp.terms.d3 import PARAMETERS, damping_parameters
+
+        d3 = dict(terms["d3"] or {})
+        damping_parameters(d3.get("functional"), {k: d3.get(k) for k in PARAMETERS})
+    ensemble = cfg.get("ensemble") or {}
+    if terms and int(ensemble.get("size", 1) or 1) > 1:
+        raise NNPError(f"terms={list(terms)} with ensemble.size > 1: committees of models with terms are not supported yet")
+    if float(loss_cfg.get("dipole_weight", 0.0) or 0.0) > 0:
+        if "coulomb" not in terms:
+            raise NNPError("loss.dipole_weight > 0 needs charges: add terms=[coulomb]")
+        if not data_cfg.get("dipole_key"):
+            raise NNPError("loss.dipole_weight > 0 needs dipole labels: set data.dipole_key")
+    if "coulomb" in terms and not data_cfg.get("charge_key"):
+        console.print("[yellow]note:[/] terms=[coulomb] without data.charge_key: every structure is taken as neutral")
