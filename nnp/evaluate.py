@@ -54,7 +54,12 @@ def predict_dataset(
     f_pred_keep, f_ref_keep = [], []
     e_std, f_std, f_err = [], [], []
     layer_sum = None
+    term_sum: dict[str, float] = {}
     fetch = dataset_fetch(dataset, indices)
+    # terms the labels do not contain (d3 in_labels=false) are left out of the comparison
+    fitting = getattr(potential, "fitting", None)
+    if fitting is not None:
+        potential.fitting = True
     for batch, out in run_batches(potential, fetch, len(indices), batch_size, device, forces=None, progress="evaluating" if progress else None):
         e_pred.append(out[keys.ENERGY].double().numpy())
         e_ref.append(batch[keys.ENERGY].double().numpy())
@@ -69,6 +74,10 @@ def predict_dataset(
         if keys.LAYER_ENERGY in out:
             ls = out[keys.LAYER_ENERGY].double().sum(0).numpy()
             layer_sum = ls if layer_sum is None else layer_sum + ls
+        for key in out:
+            if key.startswith(keys.TERM_ENERGY):  # each energy term's share (nnp.terms)
+                name = key[len(keys.TERM_ENERGY):]
+                term_sum[name] = term_sum.get(name, 0.0) + float(out[key].double().sum())
         if keys.FORCES in batch and keys.FORCES in out:
             fp = out[keys.FORCES].double().numpy()
             fr = batch[keys.FORCES].double().numpy()
@@ -82,6 +91,8 @@ def predict_dataset(
             if sum(len(x) for x in f_pred_keep) < _PLOT_POINTS:
                 f_pred_keep.append(fp.ravel())
                 f_ref_keep.append(fr.ravel())
+    if fitting is not None:
+        potential.fitting = fitting
     ep, er, na = np.concatenate(e_pred), np.concatenate(e_ref), np.concatenate(n_at)
     de = ep - er
     metrics: dict[str, Any] = {
@@ -100,6 +111,11 @@ def predict_dataset(
         metrics[k + "_kcal_mol"] = v * EV_TO_KCAL_MOL if v is not None else None
     if layer_sum is not None:
         metrics["layer_energy_mean"] = (layer_sum / len(ep)).tolist()
+    if term_sum:
+        # mean energy per structure of each term (eV), and its share of the mean |energy - atom references|
+        learned = float(np.abs(ep - np.concatenate(e_offset)).mean())
+        metrics["term_energy_mean"] = {k: v / len(ep) for k, v in term_sum.items()}
+        metrics["term_energy_share"] = {k: abs(v / len(ep)) / learned if learned > 0 else None for k, v in term_sum.items()}
     samples = {
         "energy_pred": ep, "energy_ref": er, "n_atoms": na, "energy_offset": np.concatenate(e_offset),
         "forces_pred": np.concatenate(f_pred_keep) if f_pred_keep else None,
@@ -156,6 +172,10 @@ def print_metrics(metrics: Mapping[str, Any], title: str) -> None:
     if metrics.get("layer_energy_mean") is not None:
         for k, v in enumerate(metrics["layer_energy_mean"]):
             rows.append([f"mean layer {k} energy", f"{v:.4f} eV", "", ""])
+    for name, v in (metrics.get("term_energy_mean") or {}).items():
+        share = (metrics.get("term_energy_share") or {}).get(name)
+        rows.append([f"{name} energy" + (f" ({100 * share:.1f}%)" if share is not None else ""),
+                     f"{v:.4f} eV", f"{v * 1000:.1f} meV", f"{v * EV_TO_KCAL_MOL:.3f} kcal/mol"])
     console.print(table(f"{title} ({metrics['n_structures']} structures, {metrics['n_atoms']} atoms)", ["metric", "eV", "meV", "kcal/mol"], rows))
 
 

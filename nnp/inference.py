@@ -16,6 +16,7 @@ import torch
 
 from nnp import keys
 from nnp.data.collate import collate
+from nnp.terms.checks import note_missing_charge
 
 #: Outputs copied back per call (the rest, e.g. member energies, stay with the model call).
 _OUTPUTS = (
@@ -57,22 +58,6 @@ def run_batch(
         periodic = batch[keys.PBC].all(-1).cpu()
         result[keys.STRESS] = torch.where(periodic[:, None, None], result[keys.STRESS], torch.full_like(result[keys.STRESS], float("nan")))
     return result
-
-
-_said: set[str] = set()
-
-
-def note_missing_charge(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
-    """Say once per process that structures without a total charge are taken as neutral
-    (only for models whose terms read it: coulomb)."""
-    if "charge" in _said or keys.TOTAL_CHARGE in batch:
-        return
-    terms = getattr(model, "terms", None)
-    if terms is not None and any(getattr(t, "name", "") == "coulomb" for t in terms):
-        from nnp.report import console
-
-        console.print("[yellow]note:[/] no total charge given (atoms.info['charge']): structures are taken as neutral")
-        _said.add("charge")
 
 
 def run_batches(

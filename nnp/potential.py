@@ -263,15 +263,14 @@ class Potential(nn.Module):
         ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole)."""
         energy = results[keys.ENERGY]
         for term in self.terms:
-            if self.fitting and not term.in_labels:
-                continue
-            extra = term(inputs, out)
-            share = extra["energy"].to(energy.dtype)
-            energy = energy + share
-            results[keys.TERM_ENERGY + term.name] = share
-            for key, value in extra.items():
-                if key != "energy":
-                    results[key] = value
+            if term.in_labels or not self.fitting:  # (TorchScript unrolls this loop: no `continue`)
+                extra = term(inputs, out)
+                share = extra["energy"].to(energy.dtype)
+                energy = energy + share
+                results[keys.TERM_ENERGY + term.name] = share
+                for key, value in extra.items():
+                    if key != "energy":
+                        results[key] = value
         results[keys.ENERGY] = energy
 
     def term_settings(self) -> Dict[str, Any]:

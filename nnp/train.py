@@ -183,7 +183,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
 
-    from nnp.terms.training import check_terms_setup
+    from nnp.terms.checks import check_terms_setup
 
     check_terms_setup(cfg, data_cfg, loss_cfg)  # before reading data: terms and their labels fit together
     dataset = open_dataset(data_cfg)

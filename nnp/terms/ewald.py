@@ -80,8 +80,10 @@ def ewald_energy(
     volume = torch.linalg.det(cell).abs()
     recip = 2.0 * math.pi * torch.linalg.inv(cell).transpose(0, 1)
     lengths = torch.linalg.norm(cell.detach(), dim=1)
-    n_max: List[int] = [int(math.ceil(k_cut * float(x) / (2.0 * math.pi))) for x in lengths.tolist()]
-    grids = [torch.arange(-m, m + 1, device=q.device, dtype=positions.dtype) for m in n_max]
+    grids: List[torch.Tensor] = []
+    for d in range(3):
+        m = int(math.ceil(k_cut * float(lengths[d]) / (2.0 * math.pi)))
+        grids.append(torch.arange(-m, m + 1, device=q.device, dtype=positions.dtype))
     ns = torch.cartesian_prod(grids[0], grids[1], grids[2])
     kvec = ns @ recip
     k2 = (kvec * kvec).sum(-1)

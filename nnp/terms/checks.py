@@ -1,4 +1,5 @@
-"""Checks that a training run's terms, data keys and loss fit together (before any data is read)."""
+"""Checks that a training run's terms, data keys and loss fit together (before any data is read),
+and the one note about structures without a total charge."""
 
 from __future__ import annotations
 
@@ -30,4 +31,24 @@ def check_terms_setup(cfg: Any, data_cfg: Mapping[str, Any], loss_cfg: Mapping[s
         if not data_cfg.get("dipole_key"):
             raise NNPError("loss.dipole_weight > 0 needs dipole labels: set data.dipole_key")
     if "coulomb" in terms and not data_cfg.get("charge_key"):
-        console.print("[yellow]note:[/] terms=[coulomb] without data.charge_key: every structure is taken as neutral")
+        note_neutral("terms=[coulomb] without data.charge_key: every structure is taken as neutral")
+
+
+_said: set[str] = set()
+
+
+def note_neutral(text: str) -> None:
+    """Say once per process that structures without a total charge are taken as neutral."""
+    if "neutral" not in _said:
+        console.print(f"[yellow]note:[/] {text}")
+        _said.add("neutral")
+
+
+def note_missing_charge(model: Any, batch: Mapping[str, Any]) -> None:
+    """:func:`note_neutral` for a batch without total charges run through a model with coulomb."""
+    from nnp import keys
+
+    if "neutral" in _said or keys.TOTAL_CHARGE in batch:
+        return
+    if any(getattr(t, "name", "") == "coulomb" for t in getattr(model, "terms", [])):
+        note_neutral("no total charge given (atoms.info['charge']): structures are taken as neutral")
