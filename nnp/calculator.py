@@ -65,6 +65,13 @@ class NNPCalculator(Calculator):
             check_scriptable(self.potential)
             self.potential = torch.jit.script(self.potential)
 
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus a changed total charge (``atoms.info['charge']``)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and self.atoms.info.get("charge") != atoms.info.get("charge") and "initial_charges" not in changes:
+            changes.append("initial_charges")
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         batch = collate([atoms_to_sample(self.atoms)])

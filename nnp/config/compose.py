@@ -111,6 +111,15 @@ def _searchpath(config_dirs: Sequence[str]) -> list[str]:
     return ["hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in config_dirs) + "]"]
 
 
+def group_options(group: str) -> list[str]:
+    """The yaml files of ``group`` in nnp's conf/ (Hydra leaves a multi-select group's options out: terms=[...])."""
+    package = Path(__file__).resolve().parents[1]  # nnp/conf installed, conf/ in a checkout (as nnp.cli.config_dir)
+    for folder in (package / "conf" / group, package.parent / "conf" / group):
+        if folder.is_dir():
+            return sorted(p.stem for p in folder.glob("*.yaml"))
+    return []
+
+
 def _explain(err: BaseException) -> str:
     """One line for an exception of Hydra's compose, from its attributes where it has them."""
     from hydra.errors import MissingConfigException
@@ -119,7 +128,7 @@ def _explain(err: BaseException) -> str:
     if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
         group, name = err.missing_cfg_file.rsplit("/", 1)
         # err.options: the yaml files of that group in conf/ and in --config-dir folders
-        options = ", ".join(sorted(err.options or [])) or f"none found in the {group}/ folders"
+        options = ", ".join(sorted(err.options or group_options(group))) or f"none found in the {group}/ folders"
         return f"{group}={name}: no such {group} config; one of {options}"
     cause = err.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:

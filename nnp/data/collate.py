@@ -68,5 +68,5 @@ def total_charge(value, where: str) -> float:
     except (TypeError, ValueError):
         raise NNPError(f"{where} = {value!r}: the total charge must be a whole number of e") from None
     if not np.isfinite(q) or abs(q - round(q)) > 1e-6:
-        raise NNPError(f"{where} = {value!r}: the total charge must be a whole number of e")
+        raise NNPError(f"{where} = {q:g}: the total charge must be a whole number of e")
     return float(round(q))

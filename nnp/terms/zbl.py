@@ -13,7 +13,7 @@ each other) are pushed apart. The pairs are the model's own (the switch ends
 well inside every model cutoff; checked at build).
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
@@ -50,8 +50,9 @@ class ZBL(EnergyTerm):
             raise NNPError(f"terms.zbl.outer={outer}: the switch would end at {widest:.2f} Å, beyond the model cutoff {cutoff} Å")
         self.register_buffer("z", torch.tensor([float(z) for z in species]))
         self.register_buffer("radius", torch.tensor(radii))
-        self.register_buffer("coeffs", torch.tensor(ZBL_COEFFS))
-        self.register_buffer("exponents", torch.tensor(ZBL_EXPONENTS))
+        # Python floats, not buffers: exact in float64 whatever dtype the model was built in
+        self.coeffs: List[float] = list(ZBL_COEFFS)
+        self.exponents: List[float] = list(ZBL_EXPONENTS)
 
     @torch.jit.unused
     def settings(self) -> Dict[str, Any]:
@@ -72,8 +73,10 @@ class ZBL(EnergyTerm):
             si, sj = si.index_select(0, idx), sj.index_select(0, idx)
             zi, zj = self.z[si].to(r.dtype), self.z[sj].to(r.dtype)
             a = self.a0 / (zi.pow(0.23) + zj.pow(0.23))
-            x = (r / a)[:, None]
-            phi = (self.coeffs.to(r.dtype) * torch.exp(-self.exponents.to(r.dtype) * x)).sum(-1)
+            x = r / a
+            phi = torch.zeros_like(x)
+            for c, b in zip(self.coeffs, self.exponents):
+                phi = phi + c * torch.exp(-b * x)
             switch = smooth_step((r - r_in.index_select(0, idx)) / (r_out - r_in).index_select(0, idx))
             pair = 0.5 * self.k_e * zi * zj / r * phi * switch  # half: both directions are listed
             centers = pairs[0].index_select(0, idx)
