@@ -16,6 +16,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from conftest import error_line, nnp_cli
 
 from nnp import keys
 from nnp.data.collate import atoms_to_sample, collate
@@ -24,8 +25,6 @@ from nnp.potential import Potential
 from nnp.terms.coulomb import neutralize
 from nnp.terms.ewald import damped_pairs_energy, ewald_energy
 from nnp.units import COULOMB_CONSTANT as K_E
-
-from conftest import error_line, nnp_cli
 
 DATA = Path(__file__).parent / "data"
 SPECIES = [1, 6, 7, 8]
@@ -241,8 +240,8 @@ def test_d3_not_in_the_labels_is_left_out_while_fitting_and_added_at_inference()
 @pytest.mark.parametrize("arch", sorted(SMALL))
 def test_every_architecture_with_all_terms_keeps_the_physics(arch):
     from ase import units
-    from ase.md.verlet import VelocityVerlet
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
 
     from nnp.calculator import NNPCalculator
 
