@@ -375,3 +375,28 @@ def test_a_non_integer_total_charge_is_one_line(monkeypatch, capsys, tmp_path):
     code, text = nnp_cli(monkeypatch, capsys, "predict", f"ckpt={tmp_path / 'm.pt'}", f"input={tmp_path / 'in.extxyz'}", f"output={tmp_path / 'out.extxyz'}")
     assert code == 2 and "structure 1: atoms.info['charge'] = 0.5" in error_line(text)
     assert not (tmp_path / "out.extxyz").exists()
+
+
+def test_hdf5_total_charges_and_dipoles_reach_the_batch(tmp_path, tiny_h5):
+    import shutil
+
+    import h5py
+
+    from nnp.data import open_dataset
+
+    path = shutil.copy(tiny_h5, tmp_path / "charged.h5")
+    with h5py.File(path, "a") as f:
+        for k, name in enumerate(sorted(f)):
+            rows = f[name]["coordinates"].shape[0]
+            f[name]["charge"] = np.full(rows, float(k % 3 - 1))
+            f[name]["dipole"] = np.tile([0.1 * k, 0.0, -0.2], (rows, 1))
+    cfg = {"format": "hdf5", "path": str(path), "energy_key": "gfn2.energy", "forces_key": "gfn2.forces", "group_key": "smiles",
+           "charge_key": "charge", "dipole_key": "dipole"}
+    ds = open_dataset(cfg)
+    batch = collate(ds.__getitems__([0, 15, 59]))
+    assert batch[keys.TOTAL_CHARGE].tolist() == [-1.0, 0.0, 1.0]
+    assert batch[keys.DIPOLE].shape == (3, 3) and batch[keys.DIPOLE][1, 0].item() == pytest.approx(0.1)
+    with h5py.File(path, "a") as f:
+        f[sorted(f)[2]]["charge"][3] = 0.5
+    with pytest.raises(NNPError, match="structure 23: total charge 'charge' = 0.5"):
+        open_dataset(cfg)
