@@ -60,7 +60,7 @@ class NNPCalculator(Calculator):
         self.dtype = model_dtype(self.potential)
         self.is_committee = isinstance(self.potential, Committee)
         if jit:
-            from nnp.export import check_scriptable
+            from nnp.terms import check_scriptable
 
             check_scriptable(self.potential)
             self.potential = torch.jit.script(self.potential)

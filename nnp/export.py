@@ -38,6 +38,7 @@ from nnp.errors import NNPError
 from nnp.outputs import check_writable, write_bytes
 from nnp.potential import Potential, _plain
 from nnp.report import console
+from nnp.terms import check_scriptable
 
 METADATA_FILE = "nnp_metadata.json"
 EXPORT_FORMAT = "nnp.torchscript"
@@ -52,19 +53,6 @@ torch::jit::load (C++) without nnp.
   dtype   float32 or float64 (default: the model's own)
   check   compare the exported model with the original on a test structure (default: true)
   overwrite  replace an existing output file (default: false)"""
-
-
-def check_scriptable(model: torch.nn.Module) -> None:
-    """Refuse (one line) a model with an energy term that does not compile to TorchScript
-    (d3: the dftd3 package): it is never exported without its term."""
-    members = getattr(model, "members", None) or [model]
-    for member in members:
-        for term in getattr(member, "terms", []):
-            if not term.scriptable:
-                raise NNPError(
-                    f"this model has the {term.name} term, which runs the dftd3 package outside TorchScript: "
-                    "it cannot be exported (use the model file with nnp md, nnp predict or the ASE calculator)"
-                )
 
 
 def export_potential(

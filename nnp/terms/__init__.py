@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from nnp.errors import NNPError
 from nnp.registry import TERMS
 from nnp.terms.base import EnergyTerm
@@ -41,4 +43,17 @@ def build_terms(config: Mapping[str, Any] | None, model_info: Mapping[str, Any])
     return terms
 
 
-__all__ = ["EnergyTerm", "build_terms", "TERMS"]
+def check_scriptable(model: torch.nn.Module) -> None:
+    """Refuse (one line) a model with an energy term that does not compile to TorchScript
+    (d3: the dftd3 package): it is never exported without its term."""
+    members = getattr(model, "members", None) or [model]
+    for member in members:
+        for term in getattr(member, "terms", []):
+            if not term.scriptable:
+                raise NNPError(
+                    f"this model has the {term.name} term, which runs the dftd3 package outside TorchScript: "
+                    "it cannot be exported (use the model file with nnp md, nnp predict or the ASE calculator)"
+                )
+
+
+__all__ = ["EnergyTerm", "build_terms", "check_scriptable", "TERMS"]
