@@ -71,6 +71,10 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("nnp_dataset"):
         OmegaConf.register_new_resolver("nnp_dataset", shipped_dataset)
+    if not OmegaConf.has_resolver("nnp_run_dir"):
+        from nnp.config.rundir import run_name_resolver
+
+        OmegaConf.register_new_resolver("nnp_run_dir", run_name_resolver)
 
 
 def _load(target: str) -> Callable:
