@@ -144,7 +144,22 @@ def resume_point(plan: Plan, fit_dir: Path) -> str | None:
     for note in ckpt.skipped:
         console.print(f"[yellow]note:[/] passed over a damaged checkpoint: {note}")
     console.print(f"[bold]resuming[/] from {ckpt.describe()}")
+    keep_metrics(fit_dir)
     return str(ckpt.path)
+
+
+def keep_metrics(fit_dir: Path) -> None:
+    """Lightning's CSV logger deletes ``csv/metrics.csv`` when it starts in a folder that has one:
+    the metrics of the earlier part(s) are kept as ``csv/metrics.part1.csv``, ``part2``, ... (rank 0)."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    current = fit_dir / "csv" / "metrics.csv"
+    if getattr(rank_zero_only, "rank", 0) != 0 or not current.is_file():
+        return
+    n = 1
+    while (fit_dir / "csv" / f"metrics.part{n}.csv").exists():
+        n += 1
+    current.rename(fit_dir / "csv" / f"metrics.part{n}.csv")
 
 
 def finished_member(plan: Plan, model_file: Path):
