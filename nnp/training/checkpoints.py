@@ -46,8 +46,12 @@ def training_plugins() -> list:
     """Lightning plugins of every ``nnp train``: the atomic checkpoint writer, and under Slurm
     Lightning's SLURMEnvironment with its own requeue handler off (:mod:`nnp.training.signals`
     answers the requeue signal with a checkpoint between two batches)."""
+    import warnings
+
     from lightning_fabric.plugins.environments import SLURMEnvironment
 
+    # where Slurm is installed but nnp runs outside a job (a login node, a workstation)
+    warnings.filterwarnings("ignore", message=".*`srun` command is available on your system but is not used.*")
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=False))

@@ -144,6 +144,11 @@ def resume_point(plan: Plan, fit_dir: Path) -> str | None:
     for note in ckpt.skipped:
         console.print(f"[yellow]note:[/] passed over a damaged checkpoint: {note}")
     console.print(f"[bold]resuming[/] from {ckpt.describe()}")
+    import warnings
+
+    # Lightning's words for a resumed run, said above in ours (a mid-epoch checkpoint: README, Resume)
+    for text in ("exists and is not empty", "ended before the epoch ended"):
+        warnings.filterwarnings("ignore", message=f".*{text}.*")
     keep_metrics(fit_dir)
     return str(ckpt.path)
 

@@ -22,8 +22,10 @@ Lightning's SLURMEnvironment is still used (ranks, nodes, addresses), with its
 ``auto_requeue`` off so that only this handler answers the signal.
 
 Between the signal and the checkpoint, the batch in progress finishes; during
-validation, the checkpoint waits for the next training batch (or the end of
-the fit).
+validation, the checkpoint waits for the next training batch (a signal during
+the last validation lets the run finish normally). The ranks agree at batch
+ends only: an extra collective in an epoch-end hook would meet Lightning's own
+epoch-end collectives in a different order on different ranks.
 """
 
 from __future__ import annotations
@@ -96,10 +98,6 @@ class GracefulStop(pl.Callback):
         self.install()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._agreed(trainer):
-            self._stop(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if self._agreed(trainer):
             self._stop(trainer)
 

@@ -31,10 +31,11 @@ def env() -> dict[str, str]:
     return dict(os.environ, NNP=f"{PYTHON} -m nnp.cli", NNP_RUNS=str(WORK / "runs"), OMP_NUM_THREADS="1", COLUMNS="120")
 
 
-def sbatch(script: str, *args: str, options: tuple[str, ...] = ()) -> str:
-    out = subprocess.run(["sbatch", "--parsable", f"--chdir={WORK}", *options, str(REPO / script), *args],
-                         env=env(), capture_output=True, text=True, check=True).stdout
-    return out.strip().split(";")[0]
+def sbatch(script: str | Path, *args: str, options: tuple[str, ...] = ()) -> str:
+    done = subprocess.run(["sbatch", "--parsable", f"--chdir={WORK}", *options, str(REPO / script), *args],
+                          env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
 
 
 def job(job_id: str) -> dict[str, str]:
@@ -72,10 +73,10 @@ def test_cpu_sbatch_trains_a_model():
 
 
 def test_preemption_signal_requeues_and_resumes():
-    job_id = sbatch("slurm/train_cpu.sbatch", *TINY, "trainer.max_epochs=30")
+    job_id = sbatch("slurm/train_cpu.sbatch", *TINY, "trainer.max_epochs=6")
     run_dir = WORK / "runs" / f"slurm-{job_id}"
     wait_for(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), "the first checkpoint", every=0.5)
-    time.sleep(2)  # into the next epoch: the signal's checkpoint is taken between two batches
+    time.sleep(1)  # into the next epoch: the signal's checkpoint is taken between two batches
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, env=env())
     wait_for(lambda: int(job(job_id).get("Restarts", "0")) >= 1, "Restarts=1")
     state = finished(job_id)
@@ -90,8 +91,12 @@ def test_preemption_signal_requeues_and_resumes():
 
 
 def test_two_task_srun_ddp_on_cpu():
-    job_id = sbatch("slurm/train.sbatch", *TINY, "trainer.accelerator=cpu", "trainer.max_epochs=1",
-                    options=("--ntasks-per-node=2", "--cpus-per-task=1", "--gres=", "--signal=USR1@30"))
+    # slurm/train.sbatch as shipped, less its --gres line (this node has no GPU), 2 tasks of 1 CPU
+    script = WORK / "train_2cpu.sbatch"
+    script.write_text("".join(line for line in (REPO / "slurm/train.sbatch").read_text().splitlines(keepends=True)
+                              if not line.startswith("#SBATCH --gres")))
+    job_id = sbatch(script, *TINY, "trainer.accelerator=cpu", "trainer.max_epochs=1",
+                    options=("--ntasks-per-node=2", "--cpus-per-task=1"))
     state = finished(job_id)
     text = output(job_id)
     assert state == "COMPLETED", text[-4000:]
