@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_TRAIN, error_line, nnp_cli
+
 from nnp.errors import EXIT_RESUMABLE, NNPError
 from nnp.training import resume
 from nnp.training.checkpoints import AtomicCheckpointIO, checkpoint_problem
@@ -70,6 +70,7 @@ def test_sigterm_checkpoint_exit_75_refused_config_damaged_checkpoint_and_resume
     assert (run_dir / "csv" / "metrics.part1.csv").is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny_h5, monkeypatch, capsys):
     """kill -9 (no handler runs) at an arbitrary moment after the first checkpoint; the same command
     continues from the last end-of-epoch checkpoint with the same RNG state, so in deterministic mode
