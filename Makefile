@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast fuzz demo bench lint clean
+.PHONY: install test test-fast test-slurm fuzz demo bench lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# A real one-node Slurm (root: apt-get installs slurmctld slurmd slurm-client munge): sbatch, requeue, srun DDP,
+# submitit sweep. Not part of `make test`.
+test-slurm: $(STAMP)
+	$(PIP_INSTALL) -e ".[test,slurm]"
+	PYTHON=$(BIN)/python bash slurm/test/run.sh
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -x

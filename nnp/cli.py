@@ -71,6 +71,10 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("nnp_dataset"):
         OmegaConf.register_new_resolver("nnp_dataset", shipped_dataset)
+    if not OmegaConf.has_resolver("nnp_run_dir"):
+        from nnp.config.rundir import run_name_resolver
+
+        OmegaConf.register_new_resolver("nnp_run_dir", run_name_resolver)
 
 
 def _load(target: str) -> Callable:
@@ -129,19 +133,11 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     validate_overrides(name, argv)
     _quiet_libraries()
     register_resolvers()
-    task = _load(HYDRA_COMMANDS[name])
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name=name)
     def app(cfg: DictConfig) -> None:
-        from nnp.config.compose import check_job
-
-        try:
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # other DDP ranks rerun the config rank 0 checked
-                check_job(name, cfg)  # each job of a sweep, just before its task
-            task(cfg)
-        except NNPError as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            sys.exit(err.exit_code)
+        # only a module-level function inside: launchers that pickle the task (submitit) take it by name
+        run_task(name, cfg)
 
     # Hydra reads its overrides from sys.argv. For train, argv[0] is a real script
     # that Lightning can re-launch for the other ranks of a multi-device run.
@@ -149,6 +145,21 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     sys.argv = [str(entry) if name == "train" else f"nnp {name}"] + argv
     app()
     return 0
+
+
+def run_task(name: str, cfg) -> None:
+    """One Hydra job of command ``name``: check its config, run it; an NNPError -> one line and its exit code.
+    (Also the entry point of a job that a launcher such as submitit runs in another process.)"""
+    from nnp.config.compose import check_job
+
+    register_resolvers()
+    try:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # other DDP ranks rerun the config rank 0 checked
+            check_job(name, cfg)  # each job of a sweep, just before its task
+        _load(HYDRA_COMMANDS[name])(cfg)
+    except NNPError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        sys.exit(err.exit_code)
 
 
 def usage() -> str:
@@ -200,4 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # through the importable module, not this __main__ copy: launchers that pickle the Hydra task
+    # (submitit) pickle functions of __main__ by value, with everything they reach (the console's locks)
+    from nnp.cli import main as _main
+
+    sys.exit(_main())

@@ -85,6 +85,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         LearningRateMonitor(logging_interval="epoch"),
         RichProgressBar(leave=False),
     ]
+    # checkpoint and stop on SIGTERM/SIGINT (Slurm: SIGUSR1 + requeue); RNG state in checkpoints
+    from nnp.training.checkpoints import RandomState, training_plugins
+    from nnp.training.signals import GracefulStop, in_slurm_batch
+
+    callbacks += [GracefulStop(run_dir / "checkpoints" / "last.ckpt", slurm=in_slurm_batch()), RandomState()]
     loggers = [
         CSVLogger(save_dir=str(run_dir), name="csv", version=""),
         TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
@@ -101,7 +106,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         return pl.Trainer(
             default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers,
             inference_mode=False,  # validation computes forces by autograd
-            precision=precision, **trainer_kwargs,
+            precision=precision, plugins=training_plugins(), **trainer_kwargs,
         )
     except (TypeError, ValueError) as err:
         raise NNPError(f"trainer config: {err}") from None
@@ -136,7 +141,8 @@ def trainer_rank() -> int:
     return 0 if _is_rank_zero() else 1
 
 
-def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtype, out_dir: Path) -> tuple[Potential, dict]:
+def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtype, out_dir: Path,
+         ckpt_path: str | None = None) -> tuple[Potential, dict]:
     """Train one potential (Lightning) with checkpoints and logs in ``out_dir``; the best weights."""
     from nnp.training import PotentialModule
     from nnp.training.datamodule import AtomsDataModule
@@ -150,7 +156,7 @@ def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtyp
     module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
     datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
     trainer = build_trainer(cfg, out_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -174,8 +180,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.time()
     run_dir = _run_dir()
     model_path = run_dir / str(cfg.model_file)
-    if _is_rank_zero() and model_path.exists() and not cfg.overwrite and not cfg.resume:
-        raise NNPError(f"{model_path} already exists: choose another hydra.run.dir, or overwrite=true")
+    # automatic resume: continue a checkpoint of the same config, refuse another config (nnp.training.resume)
+    from nnp.training import resume as resuming
+
+    plan = resuming.decide(OmegaConf.to_container(cfg, resolve=True), run_dir, model_path)
+    if plan.clean and _is_rank_zero():
+        resuming.clean_run(run_dir)
     if cfg.dtype not in ("float32", "float64"):
         raise NNPError(f"dtype={cfg.dtype!r}: choose float32 or float64")
     dtype = getattr(torch, str(cfg.dtype))
@@ -216,8 +226,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     bootstrap = bool(ensemble.get("bootstrap", False))
     if size < 1:
         raise NNPError(f"ensemble.size={size}: must be at least 1")
-    if size > 1 and cfg.resume:
-        raise NNPError("resume with ensemble.size > 1: resume one member's run instead (members/K/checkpoints/last.ckpt)")
     if _is_rank_zero():
         from nnp.outputs import write_bytes
 
@@ -239,7 +247,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if size > 1:
             console.print(f"[bold]committee member {k + 1}/{size}[/] (seed {seed}{', bootstrap' if bootstrap else ''}) in {member_dir}")
         pl.seed_everything(seed, verbose=False)
-        potential, fit_info = _fit(cfg, dataset, {**split, "train": train_idx}, model_cfg, loss_cfg, species, atomref, scale, dtype, member_dir)
+        done = resuming.finished_member(plan, member_dir / str(cfg.model_file)) if size > 1 else None
+        if done is not None:  # a committee member finished before the interruption: kept as it is
+            console.print(f"member {k + 1}/{size} finished before: kept {member_dir / str(cfg.model_file)}")
+            members.append(done)
+            continue
+        ckpt = resuming.resume_point(plan, member_dir)
+        potential, fit_info = _fit(cfg, dataset, {**split, "train": train_idx}, model_cfg, loss_cfg, species, atomref, scale, dtype, member_dir,
+                                   ckpt_path=ckpt)
         if trainer_rank() != 0:
             continue
         metadata = {**shared, **fit_info, "seed": seed, "train_seconds": round(time.time() - t0, 1)}

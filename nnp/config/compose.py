@@ -129,7 +129,8 @@ def _explain(err: BaseException) -> str:
         group, name = err.missing_cfg_file.rsplit("/", 1)
         # err.options: the yaml files of that group in conf/ and in --config-dir folders
         options = ", ".join(sorted(err.options or group_options(group))) or f"none found in the {group}/ folders"
-        return f"{group}={name}: no such {group} config; one of {options}"
+        hint = "; install it with pip install 'nnp[slurm]'" if group == "hydra/launcher" and name.startswith("submitit") else ""
+        return f"{group}={name}: no such {group} config; one of {options}{hint}"
     cause = err.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         parent = cause.parent_node

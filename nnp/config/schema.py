@@ -314,7 +314,9 @@ class TrainCommand:
     model_file: str = setting("model.pt")
     overwrite: bool = setting(False)
     evaluate_test: bool = setting(True)
-    resume: str | None = setting(None, hint="a Lightning checkpoint")
+    resume: Any = setting(None, check=lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and bool(v)),
+                          allowed="null (continue a checkpoint of the same config in the run directory), "
+                                  "a Lightning checkpoint file, true (must continue) or false (start over, with overwrite=true)")
     verbose: bool = setting(False, hint="Lightning's model summary and messages")
     ensemble: EnsembleConfig = group(EnsembleConfig)
     early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
