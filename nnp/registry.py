@@ -121,3 +121,29 @@ def _cosine(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
     t_max = int(cfg.get("t_max") or 0) or (max_epochs if max_epochs and max_epochs > 0 else 100)
     s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(cfg.get("min_lr", 1e-6)))
     return {"scheduler": s, "interval": "epoch"}
+
+
+# --------------------------------------------------------------- MD engines
+# builder() -> None for nnp md's own ASE integrators, or a class taking (atoms, md config)
+# with ASE's dynamics interface (attach, run, nsteps) that drives another engine (nnp/engines)
+
+MD_ENGINES = Registry("MD engine", "md.engine")
+
+
+@MD_ENGINES.register("ase")
+def _ase_engine():
+    return None
+
+
+@MD_ENGINES.register("openmm")
+def _openmm_engine():
+    from nnp.engines.openmm import OpenMMDynamics
+
+    return OpenMMDynamics
+
+
+@MD_ENGINES.register("lammps")
+def _lammps_engine():
+    from nnp.engines.lammps import LammpsDynamics
+
+    return LammpsDynamics

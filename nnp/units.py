@@ -51,3 +51,13 @@ def length_factor(unit: str) -> float:
         raise NNPError(
             f"unknown length unit {unit!r}; choose one of {sorted(LENGTH_UNITS)}"
         ) from None
+
+
+#: LAMMPS unit styles nnp couples to (``nnp lammps``, ``nnp md md.engine=lammps``):
+#: style -> (energy unit, length unit), names of ENERGY_UNITS / LENGTH_UNITS. Time and
+#: mass are LAMMPS's own business (the script's timestep); other styles are refused.
+LAMMPS_UNITS: dict[str, tuple[str, str]] = {
+    "metal": ("ev", "angstrom"),
+    "real": ("kcal/mol", "angstrom"),
+    "electron": ("hartree", "bohr"),
+}

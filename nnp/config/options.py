@@ -34,6 +34,20 @@ class ExportOptions:
 
 
 @dataclass
+class LammpsOptions:
+    ckpt: Any = setting(None, check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)
+    input: str = setting(None, required="input=in.lmp")
+    elements: Any = setting(None, check=lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(e, str) and e for e in v),
+                            allowed="a list of element symbols, one per LAMMPS atom type: [Cu] or [C,H,O]",
+                            required="elements=[Cu]")
+    fix_id: str = setting("nnp")
+    log: str = setting("log.lammps", hint="none: no log file")
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    threads: int | None = setting(None, ge=1, hint="null: torch's default")
+
+
+@dataclass
 class CombineOptions:
     output: str = setting(None, required="output=committee.pt")
     overwrite: bool = setting(False)
