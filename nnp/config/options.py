@@ -31,6 +31,9 @@ class ExportOptions:
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     check: bool = setting(True)
     overwrite: bool = setting(False)
+    format: str = setting("torchscript", choices=("torchscript", "openmm"),
+                          hint="openmm: an OpenMM-Torch TorchForce module (nm, kJ/mol) for input='s elements")
+    input: str | None = setting(None, hint="format=openmm: the system (its elements, and its cell when periodic)")
 
 
 @dataclass

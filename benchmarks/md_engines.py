@@ -1,0 +1,103 @@
+"""Steps/s of the same model and system through nnp md's engines (ase, lammps, openmm).
+
+    python benchmarks/md_engines.py [--engines ase,lammps] [--sizes aspirin,2000,20000] [--json out.json]
+
+For each system: NVE steps/s through each engine (``nnp.md.simulate``, every
+check on, log every step), the time of one model evaluation (energy+forces,
+the calculator alone, median), and from those the per-step cost of the
+coupling: engine time per step minus the model's. Needs the engine's library
+(``make test-lammps`` / ``make test-openmm`` build environments that have it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from ase.build import bulk
+from ase.calculators.calculator import all_changes
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from nnp import NNPCalculator, Potential  # noqa: E402
+from nnp.md import simulate  # noqa: E402
+
+MODEL = {"name": "schnet", "n_features": 64, "n_interactions": 2, "n_rbf": 16, "cutoff": 4.5}
+STEPS = {"aspirin": 200, "2000": 10, "20000": 3}
+
+
+def system(name: str):
+    if name == "aspirin":
+        atoms = ase.io.read(REPO / "datasets/aspirin.xyz")
+        species, ref = [1, 6, 8], [-13.6, -1029.0, -2042.0]
+    else:
+        n = int(name)
+        k = round((n / 4) ** (1 / 3))
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((k, k, k))
+        species, ref = [29], [-3.5]
+    torch.manual_seed(0)
+    return atoms, Potential.build(MODEL, species, atomref=ref, energy_scale=0.1)
+
+
+def eval_seconds(atoms, model, repeat: int) -> float:
+    calc = NNPCalculator(model)
+    times = []
+    for _ in range(repeat + 1):
+        t = time.perf_counter()
+        calc.calculate(atoms, ["energy", "forces"], all_changes)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
+def run(engine: str, atoms, model, steps: int, out: Path) -> float:
+    base = OmegaConf.load(REPO / "conf/md.yaml")
+    for key in ("defaults", "hydra"):
+        base.pop(key, None)
+    cfg = OmegaConf.merge(base, OmegaConf.from_dotlist([
+        "ckpt=unused", "input=unused", f"output={out / engine}.extxyz", f"md.steps={steps}", "md.timestep_fs=0.5",
+        "md.log_interval=1", "md.write_interval=1000", f"md.engine={engine}",
+    ]))
+    atoms = atoms.copy()
+    atoms.calc = NNPCalculator(model)
+    return float(simulate(atoms, cfg)["steps_per_second"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engines", default="ase,lammps")
+    ap.add_argument("--sizes", default="aspirin,2000,20000")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for name in args.sizes.split(","):
+        atoms, model = system(name)
+        steps = STEPS.get(name, 10)
+        row = {"system": name, "n_atoms": len(atoms), "steps": steps,
+               "model_eval_s": eval_seconds(atoms, model, 20 if len(atoms) < 1000 else 3)}
+        with tempfile.TemporaryDirectory() as tmp:
+            for engine in args.engines.split(","):
+                sps = run(engine, atoms, model, steps, Path(tmp))
+                row[f"{engine}_steps_per_s"] = sps
+                row[f"{engine}_overhead_ms_per_step"] = 1e3 * (1.0 / sps - row["model_eval_s"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        ratios = {e: r[f"{e}_steps_per_s"] / r["ase_steps_per_s"] for e in args.engines.split(",") if "ase_steps_per_s" in r}
+        print(r["system"], r["n_atoms"], {k: f"{v:.2f}" for k, v in ratios.items()}, np.round(r["model_eval_s"] * 1e3, 2), "ms/eval")
+
+
+if __name__ == "__main__":
+    main()
