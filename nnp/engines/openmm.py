@@ -142,10 +142,18 @@ class OpenMMDynamics(EngineDynamics):
         except Exception as err:  # OpenMMException
             raise NNPError(f"OpenMM: {' '.join(str(err).split())[:300]}") from None
         self.integrator = integrator
-        self.context.setPositions((atoms.positions @ self.rot) / NM_TO_A * u.nanometer)
-        self.context.setVelocities((atoms.get_velocities() * (1000.0 * units.fs) @ self.rot) / NM_TO_A
-                                   * u.nanometer / u.picosecond)
         self.u = u
+        # Verlet and LangevinMiddle are leapfrog: OpenMM's velocities are half a step behind the
+        # positions. nnp's (ASE's) are on the step: shift by dt/2 F/m in (a = F/m in nm/ps^2 with
+        # kJ/mol/nm and amu), so the run starts where md.engine=ase starts and E_kin is on the step.
+        self.half_kick = 0.0
+        if isinstance(integrator, (openmm.VerletIntegrator, openmm.LangevinMiddleIntegrator)):
+            self.half_kick = 0.5 * ens.timestep_fs / 1000.0
+        self.inv_mass = 1.0 / atoms.get_masses()[:, None]
+        f0 = atoms.get_forces() @ self.rot * (EV_TO_KJ_MOL * NM_TO_A)
+        v0 = (atoms.get_velocities() * (1000.0 * units.fs) @ self.rot) / NM_TO_A
+        self.context.setPositions((atoms.positions @ self.rot) / NM_TO_A * u.nanometer)
+        self.context.setVelocities((v0 - self.half_kick * f0 * self.inv_mass) * u.nanometer / u.picosecond)
 
     @staticmethod
     def _integrator(openmm, ens: Ensemble, system):
@@ -178,7 +186,9 @@ class OpenMMDynamics(EngineDynamics):
         state = self.context.getState(getPositions=True, getVelocities=True, getEnergy=True, getForces=True)
         back = self.rot.T
         atoms.positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(u.nanometer)) * NM_TO_A @ back
-        v = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond)) * NM_TO_A
+        forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+        v = np.asarray(state.getVelocities(asNumpy=True).value_in_unit(u.nanometer / u.picosecond))
+        v = (v + self.half_kick * forces * self.inv_mass) * NM_TO_A  # on the step (see __init__), Å/ps
         atoms.set_velocities(v @ back / (1000.0 * units.fs))
         if self.periodic:
             box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)) * NM_TO_A
@@ -187,7 +197,6 @@ class OpenMMDynamics(EngineDynamics):
             atoms.get_forces()
             return
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) / EV_TO_KJ_MOL
-        forces = np.asarray(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
         hand_results(atoms, {"energy": energy, "free_energy": energy, "forces": forces / EV_TO_KJ_MOL / NM_TO_A @ back})
 
 
