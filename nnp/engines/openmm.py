@@ -51,7 +51,7 @@ class OpenMMModule(nn.Module):
         self.nm_to_a = NM_TO_A  # attributes: TorchScript does not read module-level floats
         self.ev_to_kj_mol = EV_TO_KJ_MOL
 
-    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045 (TorchScript)
         dtype = self.dtype_of.dtype
         r = positions.to(dtype) * self.nm_to_a
         n = r.shape[0]
