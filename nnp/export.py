@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -144,22 +143,14 @@ def compare(
     return de, df
 
 
-def _parse(argv: list[str]) -> dict[str, Any]:
-    """The options given, typed and checked by the schema (:class:`nnp.config.options.ExportOptions`)."""
-    from nnp.config.options import ExportOptions, parse_options
-
-    return parse_options("nnp export", ExportOptions, argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``nnp export ckpt=... output=...``; returns the exit code, raises NNPError on bad input."""
     from nnp.committee import load_model
+    from nnp.config.options import ExportOptions, command_options
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        console.print(USAGE, markup=False, highlight=False)
+    args = command_options("nnp export", ExportOptions, argv, USAGE)
+    if args is None:
         return 0
-    args = _parse(argv)
     if args.get("format") == "openmm":
         return export_for_openmm(args)
     ckpt = args["ckpt"]  # a model file, or a list of them (a committee)

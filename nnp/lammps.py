@@ -23,9 +23,7 @@ computes, dumps. One MPI rank (:mod:`nnp.engines.lammps`).
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-from typing import Any
 
 from nnp.errors import NNPError, SafetyStop
 from nnp.report import console
@@ -104,19 +102,13 @@ def run_script(calc, head: str, tail: str, types, fix_id: str = "nnp", log: str 
     return lmp, coupling
 
 
-def _parse(argv: list[str]) -> dict[str, Any]:
-    from nnp.config.options import LammpsOptions, parse_options
-
-    return parse_options("nnp lammps", LammpsOptions, argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``nnp lammps ckpt=... input=... elements=[...]``; returns the exit code, raises NNPError on bad input."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        console.print(USAGE, markup=False, highlight=False)
+    from nnp.config.options import LammpsOptions, command_options
+
+    args = command_options("nnp lammps", LammpsOptions, argv, USAGE)
+    if args is None:
         return 0
-    args = _parse(argv)
     fix_id = str(args.get("fix_id", "nnp"))
     head, tail, units = read_script(Path(args["input"]), fix_id)
     from nnp.calculator import NNPCalculator

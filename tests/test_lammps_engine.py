@@ -17,13 +17,11 @@ import ase.data
 import ase.io
 import numpy as np
 import pytest
-import torch
 from ase import units
-from ase.build import bulk
 from conftest import REPO, nnp_cli
 from omegaconf import OmegaConf
 
-from nnp import NNPCalculator, Potential
+from nnp import NNPCalculator
 from nnp.errors import NNPError
 
 try:
@@ -33,33 +31,12 @@ try:
 except NNPError as err:
     pytest.skip(f"LAMMPS not installed ({err}): make test-lammps", allow_module_level=True)
 
+from engine_helpers import cu_cell, cu_model, organic_model, run_md  # noqa: E402
+
 from nnp.engines.lammps import LammpsDynamics, element_numbers  # noqa: E402
 from nnp.lammps import read_script, run_script  # noqa: E402
-from nnp.md import simulate  # noqa: E402
 
 EV_A3_TO_BAR = 1.0 / units.bar  # LAMMPS metal pressure unit
-
-
-def cu_model(seed: int = 0) -> Potential:
-    """A random SchNet for copper with forces of ~1 eV/Å on a rattled cell (float64)."""
-    torch.manual_seed(seed)
-    cfg = {"name": "schnet", "n_features": 16, "n_interactions": 2, "n_rbf": 12, "cutoff": 4.5}
-    return Potential.build(cfg, [29], atomref=[-3.5], energy_scale=60.0).double()
-
-
-def organic_model(seed: int = 0) -> Potential:
-    torch.manual_seed(seed)
-    cfg = {"name": "schnet", "n_features": 16, "n_interactions": 2, "n_rbf": 12, "cutoff": 4.0}
-    return Potential.build(cfg, [1, 6, 8], atomref=[-13.6, -1029.0, -2042.0], energy_scale=0.1).double()
-
-
-def cu_cell(triclinic: bool = False, scale: float = 1.0):
-    atoms = bulk("Cu", "fcc", a=3.61 * scale, cubic=True).repeat((3, 3, 3))
-    if triclinic:
-        shear = np.array([[1.0, 0.0, 0.0], [0.2, 1.0, 0.0], [-0.15, 0.1, 1.0]])
-        atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
-    atoms.rattle(0.05, seed=3)
-    return atoms
 
 
 def lammps_script(tmp_path, atoms, body: str, elements) -> str:
@@ -154,24 +131,6 @@ def test_sorted_and_wrapped_atoms_keep_their_forces(tmp_path):
         assert coupling.evaluations == 41
     finally:
         lmp.close()
-
-
-def md_cfg(tmp_path, name: str, *overrides: str):
-    base = OmegaConf.load(REPO / "conf/md.yaml")
-    for key in ("defaults", "hydra"):
-        base.pop(key, None)
-    return OmegaConf.merge(base, OmegaConf.from_dotlist([
-        "ckpt=unused", "input=unused", f"output={tmp_path / name}.extxyz", "md.steps=60", "md.timestep_fs=1.0",
-        "md.write_interval=10", "md.log_interval=1", "md.temperature_K=600", *overrides,
-    ]))
-
-
-def run_md(tmp_path, atoms, model, name, *overrides):
-    atoms = atoms.copy()
-    atoms.calc = NNPCalculator(model)
-    summary = simulate(atoms, md_cfg(tmp_path, name, *overrides))
-    log = np.loadtxt(tmp_path / f"{name}.csv", delimiter=",", skiprows=1)
-    return atoms, summary, log
 
 
 @pytest.mark.parametrize("molecule", [False, True], ids=["copper", "aspirin"])

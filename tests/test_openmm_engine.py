@@ -17,39 +17,17 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-import torch
-from ase.build import bulk
 from conftest import REPO
-from omegaconf import OmegaConf
 
 openmm = pytest.importorskip("openmm")
 openmmtorch = pytest.importorskip("openmmtorch")
 
+from engine_helpers import cu_cell, cu_model, organic_model, run_md  # noqa: E402
 from openmm import unit as u  # noqa: E402
 
-from nnp import NNPCalculator, Potential  # noqa: E402
+from nnp import NNPCalculator  # noqa: E402
 from nnp.engines.openmm import EV_TO_KJ_MOL, export_openmm, reduced_box  # noqa: E402
 from nnp.errors import NNPError  # noqa: E402
-from nnp.md import simulate  # noqa: E402
-
-
-def cu_model() -> Potential:
-    torch.manual_seed(0)
-    cfg = {"name": "schnet", "n_features": 16, "n_interactions": 2, "n_rbf": 12, "cutoff": 4.5}
-    return Potential.build(cfg, [29], atomref=[-3.5], energy_scale=60.0).double()
-
-
-def organic_model() -> Potential:
-    torch.manual_seed(0)
-    cfg = {"name": "schnet", "n_features": 16, "n_interactions": 2, "n_rbf": 12, "cutoff": 4.0}
-    return Potential.build(cfg, [1, 6, 8], atomref=[-13.6, -1029.0, -2042.0], energy_scale=0.02).double()
-
-
-def cu_cell():
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
-    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0, 0], [0.2, 1.0, 0], [-0.15, 0.1, 1.0]]), scale_atoms=True)
-    atoms.rattle(0.05, seed=3)
-    return atoms
 
 
 def openmm_energy_forces(path: Path, atoms, platform: str):
@@ -77,9 +55,9 @@ def openmm_energy_forces(path: Path, atoms, platform: str):
 @pytest.mark.parametrize("platform", ["Reference", "CPU"])
 def test_openmm_energy_forces_equal_nnp(tmp_path, system, platform):
     if system == "aspirin":
-        model, atoms = organic_model(), ase.io.read(REPO / "datasets/aspirin.xyz")
+        model, atoms = organic_model(energy_scale=0.02), ase.io.read(REPO / "datasets/aspirin.xyz")
     else:
-        model, atoms = cu_model(), cu_cell()
+        model, atoms = cu_model(), cu_cell(triclinic=True)
     path = tmp_path / "model_openmm.pt"
     export_openmm(model, atoms, path)
     energy, forces = openmm_energy_forces(path, atoms, platform)
@@ -103,25 +81,8 @@ def test_module_written_by_the_shipping_torch_runs_in_openmm():
     assert np.abs(forces - np.array(expected["forces"])).max() < 1e-8
 
 
-def md_cfg(tmp_path, name: str, *overrides: str):
-    base = OmegaConf.load(REPO / "conf/md.yaml")
-    for key in ("defaults", "hydra"):
-        base.pop(key, None)
-    return OmegaConf.merge(base, OmegaConf.from_dotlist([
-        "ckpt=unused", "input=unused", f"output={tmp_path / name}.extxyz", "md.steps=200", "md.timestep_fs=0.25",
-        "md.write_interval=50", "md.log_interval=1", "md.temperature_K=300", *overrides,
-    ]))
-
-
-def run_md(tmp_path, atoms, model, name, *overrides):
-    atoms = atoms.copy()
-    atoms.calc = NNPCalculator(model)
-    summary = simulate(atoms, md_cfg(tmp_path, name, *overrides))
-    return atoms, summary, np.loadtxt(tmp_path / f"{name}.csv", delimiter=",", skiprows=1)
-
-
 def test_openmm_nve_conserves_energy_like_ase(tmp_path):
-    model, atoms = cu_model(), cu_cell()
+    model, atoms = cu_model(), cu_cell(triclinic=True)
     extra = ("md.timestep_fs=1.0", "md.steps=100", "md.temperature_K=600")
     _, s_ase, log_ase = run_md(tmp_path, atoms, model, "ase", *extra)
     _, s_omm, log_omm = run_md(tmp_path, atoms, model, "openmm", "md.engine=openmm", *extra)
@@ -132,7 +93,7 @@ def test_openmm_nve_conserves_energy_like_ase(tmp_path):
 
 
 def test_openmm_nvt_langevin_and_refused_keys(tmp_path):
-    model, atoms = cu_model(), cu_cell()
+    model, atoms = cu_model(), cu_cell(triclinic=True)
     out, summary, _ = run_md(tmp_path, atoms, model, "nvt", "md.engine=openmm", "md.ensemble=nvt", "md.steps=20",
                              "md.timestep_fs=1.0")
     assert summary["steps_done"] == 20 and np.isfinite(out.get_potential_energy())

@@ -139,3 +139,17 @@ def parse_options(command: str, cls: type, argv: Sequence[str]) -> dict[str, Any
 
 
 __all__ = ["CombineOptions", "ExportOptions", "InfoOptions", "PrepareANI1xOptions", "PrepareQM9Options", "parse_options"]
+
+
+def command_options(command: str, cls: type, argv: Sequence[str] | None, usage: str) -> dict[str, Any] | None:
+    """A plain command's ``key=value`` arguments, checked (:func:`parse_options`); None after printing
+    ``usage`` for ``-h``/``--help``/``help``. ``argv`` None: the process's own arguments."""
+    import sys
+
+    from nnp.report import console
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        console.print(usage, markup=False, highlight=False)
+        return None
+    return parse_options(command, cls, argv)
