@@ -84,12 +84,13 @@ def main() -> None:
     ap.add_argument("--engines", default="ase,lammps")
     ap.add_argument("--sizes", default="aspirin,2000,20000")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (default: 200 aspirin, 10 / 3 for 2,000 / 20,000 Cu)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for name in args.sizes.split(","):
         atoms, model = system(name)
-        steps = STEPS.get(name, 10)
+        steps = args.steps or STEPS.get(name, 10)
         row = {"system": name, "n_atoms": len(atoms), "steps": steps}
         with tempfile.TemporaryDirectory() as tmp:
             for engine in args.engines.split(","):

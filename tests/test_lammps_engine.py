@@ -153,8 +153,12 @@ def test_lammps_nve_follows_the_ase_trajectory(tmp_path, molecule):
     assert np.ptp(etot) < 2 * np.ptp(log_ase[:, 3]) + 1e-6 * len(atoms)
 
 
-@pytest.mark.parametrize("scale", [0.97, 1.03], ids=["compressed", "expanded"])
-def test_lammps_npt_moves_volume_with_pressure(tmp_path, scale):
+@pytest.mark.parametrize("scale, barostat, thermostat", [
+    (0.97, "mtk", "nose_hoover"), (1.03, "mtk", "nose_hoover"),  # fix npt
+    (0.97, "mtk", "langevin"),  # fix nph + fix langevin
+    (1.03, "berendsen", "berendsen"),  # fix press/berendsen + fix temp/berendsen
+], ids=["compressed-npt", "expanded-npt", "compressed-nph-langevin", "expanded-berendsen"])
+def test_lammps_npt_moves_volume_with_pressure(tmp_path, scale, barostat, thermostat):
     model = cu_model()
     atoms = cu_cell(scale=scale)
     atoms.calc = NNPCalculator(model)
@@ -164,7 +168,8 @@ def test_lammps_npt_moves_volume_with_pressure(tmp_path, scale):
     target = -np.trace(ref.get_stress(voigt=False)) / 3 * EV_A3_TO_BAR
     assert abs(pressure_bar - target) > 1000  # the cell is far from the target pressure
     out, summary, _ = run_md(tmp_path, atoms, model, "npt", "md.engine=lammps", "md.ensemble=npt",
-                             f"md.pressure_bar={target}", "md.thermostat=nose_hoover", "md.temperature_K=50",
+                             f"md.pressure_bar={target}", f"md.thermostat={thermostat}", f"md.barostat={barostat}",
+                             "md.temperature_K=50",
                              "md.steps=100")
     v0, v1 = atoms.get_volume(), out.get_volume()
     assert np.sign(v1 - v0) == np.sign(pressure_bar - target), (v0, v1, pressure_bar, target)
