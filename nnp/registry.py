@@ -149,3 +149,29 @@ def _zbl(settings: Mapping[str, Any], model_info: Mapping[str, Any]):
     from nnp.terms.zbl import ZBL
 
     return ZBL(model_info["species"], float(model_info["cutoff"]), **dict(settings))
+
+
+# --------------------------------------------------------------- MD engines
+# builder() -> None for nnp md's own ASE integrators, or a class taking (atoms, md config)
+# with ASE's dynamics interface (attach, run, nsteps) that drives another engine (nnp/engines)
+
+MD_ENGINES = Registry("MD engine", "md.engine")
+
+
+@MD_ENGINES.register("ase")
+def _ase_engine():
+    return None
+
+
+@MD_ENGINES.register("openmm")
+def _openmm_engine():
+    from nnp.engines.openmm import OpenMMDynamics
+
+    return OpenMMDynamics
+
+
+@MD_ENGINES.register("lammps")
+def _lammps_engine():
+    from nnp.engines.lammps import LammpsDynamics
+
+    return LammpsDynamics

@@ -31,6 +31,23 @@ class ExportOptions:
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     check: bool = setting(True)
     overwrite: bool = setting(False)
+    format: str = setting("torchscript", choices=("torchscript", "openmm"),
+                          hint="openmm: an OpenMM-Torch TorchForce module (nm, kJ/mol) for input='s elements")
+    input: str | None = setting(None, hint="format=openmm: the system (its elements, and its cell when periodic)")
+
+
+@dataclass
+class LammpsOptions:
+    ckpt: Any = setting(None, check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)
+    input: str = setting(None, required="input=in.lmp")
+    elements: Any = setting(None, check=lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(e, str) and e for e in v),
+                            allowed="a list of element symbols, one per LAMMPS atom type: [Cu] or [C,H,O]",
+                            required="elements=[Cu]")
+    fix_id: str = setting("nnp")
+    log: str = setting("log.lammps", hint="none: no log file")
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    threads: int | None = setting(None, ge=1, hint="null: torch's default")
 
 
 @dataclass
@@ -122,3 +139,17 @@ def parse_options(command: str, cls: type, argv: Sequence[str]) -> dict[str, Any
 
 
 __all__ = ["CombineOptions", "ExportOptions", "InfoOptions", "PrepareANI1xOptions", "PrepareQM9Options", "parse_options"]
+
+
+def command_options(command: str, cls: type, argv: Sequence[str] | None, usage: str) -> dict[str, Any] | None:
+    """A plain command's ``key=value`` arguments, checked (:func:`parse_options`); None after printing
+    ``usage`` for ``-h``/``--help``/``help``. ``argv`` None: the process's own arguments."""
+    import sys
+
+    from nnp.report import console
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        console.print(usage, markup=False, highlight=False)
+        return None
+    return parse_options(command, cls, argv)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nnp.config.fields import Rule, group, setting
-from nnp.registry import OPTIMIZERS, SCHEDULERS
+from nnp.registry import MD_ENGINES, OPTIMIZERS, SCHEDULERS
 
 # Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
 # tests/test_config_schema.py checks that each one builds.
@@ -380,6 +380,7 @@ class DynamicsConfig:
     max_temperature_K: float | None = setting(5000.0, ge=0, hint="null: off")
     min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
     uncertainty: UncertaintyConfig = group(UncertaintyConfig)
+    engine: str = setting("ase", choices=MD_ENGINES, ignore_case=True)
 
 
 @dataclass
