@@ -54,6 +54,3 @@ def length_factor(unit: str) -> float:
 
 #: Coulomb's constant e^2 / (4 pi eps0) in eV Å (energies of point charges in e at distances in Å)
 COULOMB_CONSTANT: float = _ase_units.Hartree * _ase_units.Bohr
-
-#: e Å per unit of dipole moment (data.dipole_key values are e Å, as ASE's get_dipole_moment)
-DIPOLE_UNITS: dict[str, float] = {"e*angstrom": 1.0, "debye": _ase_units.Debye, "e*bohr": _ase_units.Bohr}
