@@ -55,9 +55,6 @@ def length_factor(unit: str) -> float:
 #: Coulomb's constant e^2 / (4 pi eps0) in eV Å (energies of point charges in e at distances in Å)
 COULOMB_CONSTANT: float = _ase_units.Hartree * _ase_units.Bohr
 
-#: e Å per unit of dipole moment (data.dipole_key values are e Å, as ASE's get_dipole_moment)
-DIPOLE_UNITS: dict[str, float] = {"e*angstrom": 1.0, "debye": _ase_units.Debye, "e*bohr": _ase_units.Bohr}
-
 #: LAMMPS unit styles nnp couples to (``nnp lammps``, ``nnp md md.engine=lammps``):
 #: style -> (energy unit, length unit), names of ENERGY_UNITS / LENGTH_UNITS. Time and
 #: mass are LAMMPS's own business (the script's timestep); other styles are refused.

@@ -16,9 +16,10 @@ Parameters: ``functional`` names the package's BJ table entry (``pbe``,
 ``in_labels``: true when the training labels already contain D3 (the network
 then learns the rest; the term is in the prediction throughout), false when
 they do not (the term is left out while fitting and added at inference).
-Chosen over a TorchScript port because it is correct by construction and
-fast (about 0.07 ms for aspirin); measured against the package to 1e-6 eV in
-tests/test_terms.py only in the sense of the unit conversions and gradients.
+Chosen over a TorchScript port (which needs the package's reference C6 tables)
+because it is the reference itself and fast (about 0.07 ms for aspirin);
+tests/test_terms.py checks the conversions: energy to 1e-6 eV, forces to the
+package's gradient, stress to finite differences.
 """
 
 from typing import Any, Dict
