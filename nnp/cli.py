@@ -34,6 +34,7 @@ PLAIN_COMMANDS: dict[str, str] = {
     "export": "nnp.export:main",
     "data": "nnp.data.cli:main",
     "ensemble": "nnp.ensemble:main",
+    "import": "nnp.importer:main",
 }
 
 HELP = {
@@ -43,6 +44,7 @@ HELP = {
     "md": "molecular dynamics with a model (ASE integrators)",
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
+    "import": "convert another code's model to an nnp model file (nnp import torchani ani2x_state.pt output=ani2x.pt)",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 

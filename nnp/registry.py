@@ -121,3 +121,22 @@ def _cosine(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
     t_max = int(cfg.get("t_max") or 0) or (max_epochs if max_epochs and max_epochs > 0 else 100)
     s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(cfg.get("min_lr", 1e-6)))
     return {"scheduler": s, "interval": "epoch"}
+
+
+# ------------------------------------------------------------ model imports
+# builder(path, options) -> a Potential or Committee; options: the checked ``nnp import`` options
+
+IMPORTERS = Registry("model format", "nnp import")
+
+
+@IMPORTERS.register("torchani")
+def _torchani(path, options: Mapping[str, Any]):
+    import torch
+
+    from nnp.interop.torchani import convert
+
+    return convert(
+        path, elements=options.get("elements"), activation=options.get("activation") or "celu",
+        radial_cutoff=options.get("radial_cutoff"), angular_cutoff=options.get("angular_cutoff"),
+        dtype=getattr(torch, options.get("dtype") or "float32"),
+    )

@@ -23,7 +23,6 @@ committee file fine-tunes each member and gives a committee.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +58,10 @@ class Base:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (hex): the fingerprint lineage records."""
+    from nnp.data.prepare.download import file_digests
+
+    return file_digests(Path(path))["sha256"]
 
 
 def load_base(path: str | Path) -> Base:
