@@ -122,3 +122,18 @@ def test_live_torchani_full_size(tmp_path, monkeypatch, capsys):
         code, text = nnp_cli(monkeypatch, capsys, "import", "torchani", str(tmp_path / f"torchani_{kind}.pt"), f"output={out}", "dtype=float64")
         assert code == 0, text
         assert _compare(out, ref, kind, "float64") > 0
+
+
+def test_shipped_ani2x_config_is_torchanis():
+    """conf/model/ani2x.yaml holds the AEV constants an imported ANI-2x state has."""
+    import yaml
+
+    from nnp.interop.torchani import parse_state, read_state, to_potentials
+
+    path = DATA / "torchani_ani2x.pt"
+    imported = to_potentials(parse_state(read_state(path), str(path)), str(path))[0].model_config
+    shipped = yaml.safe_load((REPO / "conf" / "model" / "ani2x.yaml").read_text())
+    for key in ("radial_cutoff", "angular_cutoff", "radial_eta", "angular_eta", "angular_zeta", "angular_sections"):
+        assert shipped[key] == pytest.approx(imported[key], rel=1e-6), key
+    for key in ("radial_shifts", "angular_radial_shifts"):
+        assert np.allclose(shipped[key], imported[key], rtol=1e-6), key
