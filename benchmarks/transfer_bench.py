@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--test-molecules", type=int, default=12)
     parser.add_argument("--test-per-molecule", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-pretrained", action="store_true", help="keep WORK/pretrain/model.pt if it exists")
     parser.add_argument("--output", default=str(HERE / "results" / "transfer.json"))
     args = parser.parse_args()
     source = Path(args.source)
@@ -176,7 +177,8 @@ def main() -> None:
           f"GFN1 labels {1000 * t_label:.0f} ms each, {failed_ft + failed_test} failed")
 
     base_dir = work / "pretrain"
-    t_pre = nnp("train", "data=ani1x", f"data.path={work / 'pretrain_gfn2.h5'}", "data.energy_key=gfn2.energy",
+    reuse = args.reuse_pretrained and (base_dir / "model.pt").is_file()
+    t_pre = 0.0 if reuse else nnp("train", "data=ani1x", f"data.path={work / 'pretrain_gfn2.h5'}", "data.energy_key=gfn2.energy",
                 "data.forces_key=gfn2.forces", "data.num_workers=0", "data.split.by=group", "data.split.train=0.9",
                 "data.split.val=0.1", "data.split.test=0", "trainer=cpu", "trainer.max_epochs=1000",
                 f"trainer.max_time=00:00:{int(args.pretrain_minutes):02d}:{int(60 * (args.pretrain_minutes % 1)):02d}",

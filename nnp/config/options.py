@@ -17,7 +17,14 @@ from dataclasses import dataclass, fields
 from typing import Any, get_origin, get_type_hints
 
 from nnp.config.fields import rule_of, setting
-from nnp.config.schema import ACTIVATIONS, DTYPES, REQUIRED_CKPT, energy_units, is_ckpt, length_units
+from nnp.config.schema import (
+    ACTIVATIONS,
+    DTYPES,
+    REQUIRED_CKPT,
+    energy_units,
+    is_ckpt,
+    length_units,
+)
 from nnp.config.validate import conforms, describe, union_args
 from nnp.errors import NNPError
 
