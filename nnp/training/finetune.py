@@ -214,7 +214,7 @@ def refit_atomref(potential: Potential, dataset, indices: np.ndarray, batch_size
 def lineage(base: Base, member: int | None, frozen_groups: Sequence[str], refit: bool) -> dict[str, Any]:
     """The ``finetune`` entry of a fine-tuned model's metadata."""
     source = base.members[member] if member is not None and base.kind == "committee" else None
-    earlier = (getattr(source, "metadata", None) or base.metadata or {}).get("finetune")
+    earlier = (getattr(source, "metadata", None) or {}).get("finetune") or (base.metadata or {}).get("finetune")
     entry: dict[str, Any] = {
         "base": str(base.path.resolve()),
         "base_sha256": base.sha256,
