@@ -188,6 +188,9 @@ def main() -> None:
                                "finetune_molecules": len(picks), "test_gfn1": n_test, "test_molecules": len(test_mols),
                                "epochs": args.epochs, "pretrain_minutes": args.pretrain_minutes},
                      "gfn1_label_ms": 1000 * t_label, "pretrain_seconds": t_pre, "runs": {}}
+    import torch
+
+    results["pretrain_epochs"] = torch.load(base, weights_only=True)["metadata"].get("epochs")
     results["runs"]["pretrained GFN2 model, as it is"] = evaluate(base, work / "test_gfn1.h5", work / "eval_base.json", log)
     common = ["data=ani1x", f"data.path={work / 'finetune_gfn1.h5'}", "data.energy_key=gfn1.energy", "data.forces_key=gfn1.forces",
               "data.num_workers=0", "data.batch_size=16", "data.split.train=0.8", "data.split.val=0.2", "data.split.test=0",
