@@ -233,7 +233,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ensemble = dict(OmegaConf.to_container(cfg.ensemble, resolve=True)) if cfg.get("ensemble") is not None else {}
     size = int(ensemble.get("size", 1))
     if base is not None:
-        size = finetune.check_ensemble(base, size)
+        size = len(base.members)  # ensemble.size checked by finetune.prepare
         model_cfg = base.model_config
         from omegaconf import open_dict
 

@@ -247,6 +247,7 @@ def prepare(cfg: Mapping[str, Any], overrides: Sequence[str]) -> Base | None:
     base = load_base(settings["from"])
     check_freeze(base, list(settings.get("freeze") or []))
     check_model_overrides(dict(cfg.get("model") or {}), base, overridden_model_keys(overrides))
+    check_ensemble(base, int((cfg.get("ensemble") or {}).get("size", 1)))
     return base
 
 
