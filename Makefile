@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast test-slurm test-lammps test-openmm fuzz demo bench lint clean
+.PHONY: install test test-fast test-slurm test-lammps test-openmm test-torchani fuzz demo bench lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-slurm: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -x
+
+# nnp import torchani against TorchANI itself (real network widths, random weights), in the
+# benchmark's TorchANI environment (built by `make bench` or `python benchmarks/envs.py`).
+test-torchani: $(STAMP)
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'benchmarks'); import envs; envs.ensure_torchani(print)"
+	NNP_TORCHANI_PYTHON=benchmarks/.venvs/torchani/bin/python $(BIN)/python -m pytest -q tests/test_import_torchani.py
 
 # The data readers' and the model loader's fuzz tests with FUZZ_EXAMPLES random cases per test (`make test` runs a fixed ~1,060).
 FUZZ_EXAMPLES ?= 2000

@@ -35,6 +35,7 @@ PLAIN_COMMANDS: dict[str, str] = {
     "data": "nnp.data.cli:main",
     "ensemble": "nnp.ensemble:main",
     "lammps": "nnp.lammps:main",
+    "import": "nnp.importer:main",
 }
 
 HELP = {
@@ -45,6 +46,7 @@ HELP = {
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
     "lammps": "run a LAMMPS input script with a model as the interaction (fix external; nnp[lammps])",
+    "import": "convert another code's model to an nnp model file (nnp import torchani ani2x_state.pt output=ani2x.pt)",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 

@@ -339,7 +339,12 @@ class Potential(nn.Module):
         if metadata is not None and not isinstance(metadata, dict):
             raise NNPError(f"{source}: model file entry 'metadata' has the wrong type ({type(metadata).__name__})")
         pot.metadata = dict(metadata or {})
-        return pot.to(getattr(torch, dtype))
+        pot = pot.to(getattr(torch, dtype))
+        # built in the default dtype (float32): set the stored values again in the file's dtype,
+        # or a float64 model would lose ~1e-4 eV of a -2000 eV reference energy on every load
+        pot.atomref.copy_(payload["atomref"].to(pot.atomref.dtype))
+        pot.energy_scale.fill_(float(payload["energy_scale"]))
+        return pot
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Potential:

@@ -125,6 +125,13 @@ def _quiet_lightning(level: str = "WARNING") -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def _task_overrides() -> list[str]:
+    """The command line's overrides of this job (``model.hidden=[64]``, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def split_digest(split: dict[str, np.ndarray]) -> str:
     """A short fingerprint of a split's index sets: models with the same digest held out the same data."""
     import hashlib
@@ -142,17 +149,23 @@ def trainer_rank() -> int:
 
 
 def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtype, out_dir: Path,
-         ckpt_path: str | None = None) -> tuple[Potential, dict]:
-    """Train one potential (Lightning) with checkpoints and logs in ``out_dir``; the best weights."""
+         ckpt_path: str | None = None, start: Potential | None = None) -> tuple[Potential, dict]:
+    """Train one potential (Lightning) with checkpoints and logs in ``out_dir``; the best weights.
+    ``start``: fine-tune this potential (frozen parameters already marked) instead of a new one."""
     from nnp.training import PotentialModule
     from nnp.training.datamodule import AtomsDataModule
 
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    terms = OmegaConf.to_container(cfg.terms, resolve=True) if cfg.get("terms") else None
-    potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3), terms=terms).to(dtype)
+    if start is None:
+        terms = OmegaConf.to_container(cfg.terms, resolve=True) if cfg.get("terms") else None
+        potential = Potential.build(model_cfg, species, atomref, energy_scale=max(scale, 1e-3), terms=terms).to(dtype)
+    else:
+        potential = start.to(dtype)
     n_params = sum(p.numel() for p in potential.parameters())
+    n_train = sum(p.numel() for p in potential.parameters() if p.requires_grad)
+    trainable = f" ({n_train:,} trainable)" if n_train < n_params else ""
     with_terms = f", terms {', '.join(t.name for t in potential.terms)}" if len(potential.terms) else ""
-    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters, cutoff {potential.cutoff} Å, {cfg.dtype}{with_terms}")
+    console.print(f"model: {model_cfg['name']}, {n_params:,} parameters{trainable}, cutoff {potential.cutoff} Å, {cfg.dtype}{with_terms}")
     module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
     datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
     trainer = build_trainer(cfg, out_dir)
@@ -196,6 +209,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from nnp.terms.checks import check_terms_setup
 
     check_terms_setup(cfg, data_cfg, loss_cfg)  # before reading data: terms and their labels fit together
+
+    from nnp.training import finetune
+
+    base = finetune.prepare(cfg, _task_overrides())  # finetune.from: checked before any work
     dataset = open_dataset(data_cfg)
     if loss_cfg.get("forces_weight", 0) > 0 and not dataset.has_forces:
         console.print("[yellow]note:[/] the data has no forces: training on energies only (loss.forces_weight=0)")
@@ -204,7 +221,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if len(split["val"]) == 0:
         raise NNPError("the validation split is empty: set data.split.val > 0 (it drives checkpoints and early stopping)")
     species = dataset.elements()
-    atomref, scale = fit_atomref(dataset, split["train"], species)
+    if base is not None:
+        finetune.check_elements(species, base, data_cfg.get("path"))
+        species = base.species
+        starts = finetune.start_members(
+            base, dataset, split["train"], list(cfg.finetune.freeze), bool(cfg.finetune.refit_atomref), dtype,
+            int(data_cfg.get("batch_size", 32)) * 2,
+        )
+        atomref, scale = starts[0][0].atomref.double().numpy(), float(starts[0][0].energy_scale)
+    else:
+        atomref, scale = fit_atomref(dataset, split["train"], species)
     from ase.data import chemical_symbols
 
     console.print(table(
@@ -223,6 +249,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     ensemble = dict(OmegaConf.to_container(cfg.ensemble, resolve=True)) if cfg.get("ensemble") is not None else {}
     size = int(ensemble.get("size", 1))
+    if base is not None:
+        size = len(base.members)  # ensemble.size checked by finetune.prepare
+        model_cfg = base.model_config
+        from omegaconf import open_dict
+
+        with open_dict(cfg):  # config.yaml records the architecture that was trained
+            cfg.model = OmegaConf.create(model_cfg)
+        console.print(f"fine-tuning {base.path} ({base.kind}{f', {size} members' if size > 1 else ''}): "
+                      f"frozen {list(cfg.finetune.freeze) or 'nothing'}, reference energies "
+                      f"{'refitted on this data' if cfg.finetune.refit_atomref else 'kept from the base'}")
     bootstrap = bool(ensemble.get("bootstrap", False))
     if size < 1:
         raise NNPError(f"ensemble.size={size}: must be at least 1")
@@ -253,11 +289,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             members.append(done)
             continue
         ckpt = resuming.resume_point(plan, member_dir)
+        start = starts[k][0] if base is not None else None
         potential, fit_info = _fit(cfg, dataset, {**split, "train": train_idx}, model_cfg, loss_cfg, species, atomref, scale, dtype, member_dir,
-                                   ckpt_path=ckpt)
+                                   ckpt_path=ckpt, start=start)
         if trainer_rank() != 0:
             continue
         metadata = {**shared, **fit_info, "seed": seed, "train_seconds": round(time.time() - t0, 1)}
+        if base is not None:
+            metadata["finetune"] = finetune.lineage(base, k, list(cfg.finetune.freeze), bool(cfg.finetune.refit_atomref))
         potential.metadata = metadata
         if size > 1:
             metadata.update(member=k, bootstrap=bootstrap)
@@ -273,6 +312,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         sources = [str(run_dir / "members" / str(k) / str(cfg.model_file)) for k in range(size)]
         model = Committee(members, sources=sources, metadata={**shared, "ensemble_size": size, "bootstrap": bootstrap})
+        if base is not None:
+            model.metadata["finetune"] = finetune.lineage(base, None, list(cfg.finetune.freeze), bool(cfg.finetune.refit_atomref))
         model.save(model_path)
     result: dict[str, Any] = {"model": str(model_path), "run_dir": str(run_dir)}
     if cfg.evaluate_test and len(split["test"]) > 0:

@@ -36,7 +36,7 @@ BAD = [
     ("train", ["data.split.val=0.5", "data.split.test=0.5"], ["data.split=", "sum to at most 1"]),
     ("train", ["data.split.train=-5"], ["data.split.train=-5"]),
     ("train", ["data.split.val=0"], ["data.split.val=0", "more than 0"]),
-    ("train", ["model=nosuchmodel"], ["model=nosuchmodel", "ani, hipnn, painn, schnet"]),
+    ("train", ["model=nosuchmodel"], ["model=nosuchmodel", "ani, ani2x, hipnn, painn, schnet"]),
     ("train", ["model.hiden=3"], ["'model.hiden' is not a config key", "model.hidden"]),
     ("train", ["+model.depth=3"], ["model.depth=3", "not a setting of model 'ani'"]),
     ("train", ["model.radial_cutoff=0.5"], ["model.radial_cutoff=0.5", "smallest shift"]),

@@ -42,6 +42,8 @@ class Rule:
     hint: str = ""
     #: ??? (Hydra's "must be set") is refused, and this example shown
     required: str = ""
+    #: the config key, where it cannot be the field's name (a Python keyword: ``finetune.from``)
+    key: str = ""
 
     def names(self) -> list[str]:
         """The allowed names, sorted as given (a Registry lists its own)."""
@@ -64,3 +66,8 @@ def group(cls: type, **rule: Any) -> Any:
 
 def rule_of(f: Any) -> Rule:
     return f.metadata.get("rule") or Rule()
+
+
+def key_of(f: Any) -> str:
+    """The config key of a declared field (its name, unless the rule names another key)."""
+    return rule_of(f).key or f.name

@@ -17,7 +17,14 @@ from dataclasses import dataclass, fields
 from typing import Any, get_origin, get_type_hints
 
 from nnp.config.fields import rule_of, setting
-from nnp.config.schema import DTYPES, REQUIRED_CKPT, energy_units, is_ckpt, length_units
+from nnp.config.schema import (
+    ACTIVATIONS,
+    DTYPES,
+    REQUIRED_CKPT,
+    energy_units,
+    is_ckpt,
+    length_units,
+)
 from nnp.config.validate import conforms, describe, union_args
 from nnp.errors import NNPError
 
@@ -54,6 +61,17 @@ class LammpsOptions:
 class CombineOptions:
     output: str = setting(None, required="output=committee.pt")
     overwrite: bool = setting(False)
+
+
+@dataclass
+class ImportOptions:
+    output: str = setting(None, required="output=ani2x.pt")
+    overwrite: bool = setting(False)
+    dtype: str = setting("float32", choices=DTYPES)
+    elements: list[str] | None = setting(None, hint="the element networks' order, e.g. [H,C,N,O]; null: from the file")
+    activation: str = setting("celu", choices=ACTIVATIONS, hint="the networks' activation (ANI: CELU(0.1))")
+    radial_cutoff: float | None = setting(None, gt=0, hint="Å; null: from the radial shifts")
+    angular_cutoff: float | None = setting(None, gt=0, hint="Å; null: from the angular shifts")
 
 
 @dataclass
@@ -138,7 +156,7 @@ def parse_options(command: str, cls: type, argv: Sequence[str]) -> dict[str, Any
     return out
 
 
-__all__ = ["CombineOptions", "ExportOptions", "InfoOptions", "PrepareANI1xOptions", "PrepareQM9Options", "parse_options"]
+__all__ = ["CombineOptions", "ExportOptions", "ImportOptions", "InfoOptions", "PrepareANI1xOptions", "PrepareQM9Options", "command_options", "parse_options"]
 
 
 def command_options(command: str, cls: type, argv: Sequence[str] | None, usage: str) -> dict[str, Any] | None:

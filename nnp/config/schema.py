@@ -303,6 +303,15 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``nnp train finetune.from=base.pt``: start from a trained model (see nnp/training/finetune.py)."""
+
+    from_: str | None = setting(None, key="from", hint="a model or committee file; null: train from scratch")
+    freeze: list[str] = setting([], hint="parameter groups of the base's architecture, e.g. [hidden]")
+    refit_atomref: bool = setting(True, hint="refit the atom reference energies on the new data")
+
+
+@dataclass
 class TrainCommand:
     data: DataConfig = group(DataConfig)
     model: ModelConfig = group(AniModel)
@@ -321,6 +330,7 @@ class TrainCommand:
     ensemble: EnsembleConfig = group(EnsembleConfig)
     early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
     terms: TermsConfig | None = setting(None, hint="terms=[coulomb,d3,zbl]")
+    finetune: FinetuneConfig = group(FinetuneConfig)
 
 
 _CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)

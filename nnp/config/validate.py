@@ -22,7 +22,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from nnp.config import schema
-from nnp.config.fields import Rule, rule_of
+from nnp.config.fields import Rule, key_of, rule_of
 from nnp.errors import NNPError
 
 MISSING = "???"  # Hydra/OmegaConf's "must be set"
@@ -124,7 +124,7 @@ def describe(tp: Any, rule: Rule, plural: bool = False) -> str:
         _, value_tp = get_args(tp)
         text = "a mapping to " + describe(value_tp, rule.item or Rule(), plural=True)
     elif is_dataclass(tp):
-        text = "a group of settings (" + ", ".join(f.name for f in fields(tp)) + ")"
+        text = "a group of settings (" + ", ".join(key_of(f) for f in fields(tp)) + ")"
     else:
         text = "a value"
     if rule.also:
@@ -209,7 +209,7 @@ def check_group(value: Any, cls: type, path: str, added: Iterable[str] = ()) -> 
             raise ConfigError(f"{_join(path, key)}={show(name)}: one of {', '.join(sorted(variants))}")
         cls = variants[name]
     hints = get_type_hints(cls)
-    declared = {f.name: f for f in fields(cls)}
+    declared = {key_of(f): f for f in fields(cls)}
     for key, v in value.items():
         full = _join(path, key)
         if key not in declared:
@@ -220,7 +220,7 @@ def check_group(value: Any, cls: type, path: str, added: Iterable[str] = ()) -> 
             if mode == "error" and not _is_added(full, added):
                 raise ConfigError(unknown_key_text(full, declared))
             continue
-        check_value(v, hints[key], rule_of(declared[key]), full, added)
+        check_value(v, hints[declared[key].name], rule_of(declared[key]), full, added)
     for key, f in declared.items():
         if rule_of(f).required and key not in value:
             raise ConfigError(f"{_join(path, key)} is not set: e.g. {rule_of(f).required}")

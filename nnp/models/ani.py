@@ -47,6 +47,20 @@ class ANI(AtomisticModel):
         # atoms per chunk for large inputs (a speed setting only; results are the same)
         self.chunk_atoms = 1024
 
+    @torch.jit.unused
+    def parameter_groups(self) -> Dict[str, List[str]]:
+        """Groups for ``finetune.freeze``, over the networks of all elements: ``hidden``
+        (every layer but the last), ``output`` (the last layer), and ``layer1``,
+        ``layer2``, ... (the k-th linear layer of each network; the AEV has no parameters)."""
+        groups: Dict[str, List[str]] = {"hidden": [], "output": []}
+        for s, net in enumerate(self.networks.nets):
+            linear = [k for k, layer in enumerate(net) if isinstance(layer, torch.nn.Linear)]
+            for depth, k in enumerate(linear, start=1):
+                names = [f"networks.nets.{s}.{k}.{p}" for p, _ in net[k].named_parameters()]
+                groups["output" if depth == len(linear) else "hidden"] += names
+                groups.setdefault(f"layer{depth}", []).extend(names)
+        return groups
+
     def forward(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]
         energies: List[torch.Tensor] = []

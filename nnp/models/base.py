@@ -2,6 +2,9 @@
 
 # No ``from __future__ import annotations`` here: TorchScript reads the class
 # annotations below as real types when it scripts a model.
+from typing import Dict, List
+
+import torch
 from torch import nn
 
 
@@ -26,3 +29,18 @@ class AtomisticModel(nn.Module):
     cutoff: float
     n_species: int
     n_atom_features: int
+
+    @torch.jit.unused
+    def parameter_groups(self) -> Dict[str, List[str]]:
+        """Named groups of this architecture's parameters: group -> parameter names
+        (as ``named_parameters()`` gives them). ``nnp train finetune.freeze=[...]``
+        freezes groups by these names; groups may overlap, and together they cover
+        every parameter. Each architecture overrides this."""
+        raise NotImplementedError(f"{type(self).__name__} names no parameter groups")
+
+
+def groups_by_prefix(model: nn.Module, prefixes: Dict[str, str]) -> Dict[str, List[str]]:
+    """Parameter groups of ``model`` by the submodule each parameter lives in:
+    group -> names of the parameters under ``prefixes[group]`` (a submodule path)."""
+    names = [name for name, _ in model.named_parameters()]
+    return {group: [n for n in names if n.startswith(prefix + ".")] for group, prefix in prefixes.items()}

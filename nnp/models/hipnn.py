@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from nnp import keys
-from nnp.models.base import AtomisticModel
+from nnp.models.base import AtomisticModel, groups_by_prefix
 from nnp.nn import CosineCutoff, InverseGaussianRBF, build_activation, scatter_sum
 
 
@@ -113,6 +113,11 @@ class HIPNN(AtomisticModel):
         nn.init.zeros_(self.energy_heads[0].bias)
         self.n_layers = len(widths)
         self.n_atom_features = widths[-1]
+
+    @torch.jit.unused
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for ``finetune.freeze``: interactions (interaction + on-site layers, sensitivities included), readout (the linear energy read-out of every layer)."""
+        return groups_by_prefix(self, {"interactions": "blocks", "readout": "energy_heads"})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nnp import keys
-from nnp.models.base import AtomisticModel
+from nnp.models.base import AtomisticModel, groups_by_prefix
 from nnp.nn import (
     build_activation,
     build_cutoff,
@@ -115,6 +115,11 @@ class PaiNN(AtomisticModel):
         self.cutoff_fn = build_cutoff(cutoff_fn, cutoff)
         self.layers = nn.ModuleList(PaiNNLayer(n_features, n_rbf, activation) for _ in range(n_interactions))
         self.readout = build_mlp(n_features, hidden, 1, activation)
+
+    @torch.jit.unused
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for ``finetune.freeze``: embedding (species embedding), interactions (message + update blocks), readout (the output network on the scalars)."""
+        return groups_by_prefix(self, {"embedding": "embedding", "interactions": "layers", "readout": "readout"})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nnp import keys
-from nnp.models.base import AtomisticModel
+from nnp.models.base import AtomisticModel, groups_by_prefix
 from nnp.nn import (
     build_activation,
     build_cutoff,
@@ -90,6 +90,11 @@ class SchNet(AtomisticModel):
             SchNetInteraction(n_features, n_filters, n_rbf, activation) for _ in range(n_interactions)
         )
         self.readout = build_mlp(n_features, hidden, 1, activation)
+
+    @torch.jit.unused
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for ``finetune.freeze``: embedding (species embedding), interactions (the interaction blocks, filters included), readout (the atom-wise output network)."""
+        return groups_by_prefix(self, {"embedding": "embedding", "interactions": "interactions", "readout": "readout"})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]

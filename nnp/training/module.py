@@ -55,7 +55,9 @@ class PotentialModule(pl.LightningModule):
     def configure_optimizers(self):
         # Optimizers and schedules are named choices (nnp.registry), like every `name:` in the configs.
         cfg = self.optim_cfg
-        optimizer = OPTIMIZERS.get(cfg.get("name") or "adamw")(self.potential.parameters(), cfg)
+        # frozen parameters (fine-tuning: requires_grad=False) stay out of the optimizer
+        params = [p for p in self.potential.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS.get(cfg.get("name") or "adamw")(params, cfg)
         sched = dict(cfg.get("scheduler") or {})
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
         schedule = SCHEDULERS.get(sched.get("name") or "none")(optimizer, sched, max_epochs)
