@@ -47,7 +47,7 @@ def predict_dataset(
     ``forces_error`` per atom, the error being the norm of the force error vector)
     for :func:`uncertainty_report`.
     """
-    atomref = potential.atomref.detach().double().cpu()
+    atomref = potential.atomref64.detach().cpu()
     e_pred, e_ref, n_at, e_offset = [], [], [], []
     f_abs = f_sq = 0.0
     f_count = 0
