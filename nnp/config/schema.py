@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nnp.config.fields import Rule, group, setting
-from nnp.registry import OPTIMIZERS, SCHEDULERS
+from nnp.registry import BAROSTATS, OPTIMIZERS, SCHEDULERS, THERMOSTATS
 
 # Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
 # tests/test_config_schema.py checks that each one builds.
@@ -33,7 +33,7 @@ ACTIVATIONS = ("celu", "gelu", "shifted_softplus", "silu", "softplus", "ssp", "t
 RADIAL_BASES = ("bessel", "gaussian", "inverse_gaussian")
 CUTOFF_FNS = ("cosine", "polynomial")
 DTYPES = ("float32", "float64")
-MD_ENSEMBLES = ("nve", "nvt", "langevin")
+MD_ENSEMBLES = ("nve", "nvt", "langevin", "npt")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "ipu")
 
 REQUIRED_CKPT = "ckpt=runs/.../model.pt, or a committee: ckpt=[a.pt,b.pt]"
@@ -337,6 +337,16 @@ class DynamicsConfig:
     max_temperature_K: float | None = setting(5000.0, ge=0, hint="null: off")
     min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
     uncertainty: UncertaintyConfig = group(UncertaintyConfig)
+    thermostat: str = setting("langevin", choices=THERMOSTATS, ignore_case=True, hint="nvt; under npt the barostat's own")
+    barostat: str = setting("mtk", choices=BAROSTATS, ignore_case=True, hint="npt")
+    pressure_bar: float = setting(1.0, hint="npt target pressure (bar)")
+    barostat_time_fs: float = setting(500.0, gt=0, hint="npt: the barostat's time constant (fs)")
+    compressibility_per_bar: float = setting(4.6e-5, gt=0, hint="barostat=berendsen (1/bar; water 4.6e-5)")
+    flexible_cell: bool = setting(False, hint="npt: every cell degree of freedom (else isotropic)")
+    restart: bool = setting(False, hint="continue from OUTPUT.restart.npz when there is one")
+    max_time: Any = setting(None, check=lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+                            or (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None),
+                            allowed='seconds > 0, "DD:HH:MM:SS" or null')
 
 
 @dataclass
