@@ -206,3 +206,30 @@ def _berendsen_npt(atoms, md, timestep: float):
 #: The thermostat each barostat integrates with (ASE couples them): md.thermostat must be this one,
 #: or the default (langevin), which then means "the barostat's own".
 BAROSTAT_THERMOSTAT = {"mtk": "nose_hoover", "berendsen": "berendsen"}
+
+
+# ------------------------------------------------------- structure optimizers (nnp relax)
+# builder(target, logfile) -> an ASE Optimizer; target is the atoms or a cell filter around them
+
+RELAX_OPTIMIZERS = Registry("structure optimizer", "optimizer")
+
+
+@RELAX_OPTIMIZERS.register("fire")
+def _fire(target, logfile=None):
+    from ase.optimize import FIRE
+
+    return FIRE(target, logfile=logfile)
+
+
+@RELAX_OPTIMIZERS.register("bfgs")
+def _bfgs(target, logfile=None):
+    from ase.optimize import BFGS
+
+    return BFGS(target, logfile=logfile)
+
+
+@RELAX_OPTIMIZERS.register("lbfgs")
+def _lbfgs(target, logfile=None):
+    from ase.optimize import LBFGS
+
+    return LBFGS(target, logfile=logfile)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nnp.config.fields import Rule, group, setting
-from nnp.registry import BAROSTATS, OPTIMIZERS, SCHEDULERS, THERMOSTATS
+from nnp.registry import BAROSTATS, OPTIMIZERS, RELAX_OPTIMIZERS, SCHEDULERS, THERMOSTATS
 
 # Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
 # tests/test_config_schema.py checks that each one builds.
@@ -365,12 +365,30 @@ class MDCommand:
     md: DynamicsConfig = group(DynamicsConfig)
 
 
+@dataclass
+class RelaxCommand:
+    ckpt: Any = setting(None, **_CKPT)
+    input: str = setting(None, required="input=structures.extxyz")
+    output: str = setting("relaxed.extxyz")
+    overwrite: bool = setting(False)
+    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
+    optimizer: str = setting("fire", choices=RELAX_OPTIMIZERS, ignore_case=True)
+    fmax: float = setting(0.05, gt=0, hint="eV/Å")
+    max_steps: int = setting(500, ge=1)
+    cell: bool = setting(False, hint="relax periodic cells too (FrechetCellFilter)")
+    pressure_bar: float = setting(0.0, hint="cell=true: target pressure (bar)")
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    min_distance: float = setting(0.5, ge=0, hint="Å")
+
+
 #: Schema of each Hydra command's composed config.
 COMMANDS: dict[str, type] = {
     "train": TrainCommand,
     "evaluate": EvaluateCommand,
     "predict": PredictCommand,
     "md": MDCommand,
+    "relax": RelaxCommand,
 }
 
 #: Schema of each config group, by the group's folder name in conf/ (a user's --config-dir too).
