@@ -108,6 +108,7 @@ class DataConfig:
     energy_key: str = setting("energy")
     forces_key: str | None = setting("forces", hint="null: energy-only data")
     group_key: str | None = setting(None)
+    stress_key: str | None = setting("stress", hint="format=ase: periodic structures' stress labels (eV/Å^3); null: none")
     units: UnitsConfig = group(UnitsConfig)
     skip_nan: bool = setting(True)
     min_distance: float = setting(0.5, ge=0)
@@ -208,6 +209,7 @@ class LossConfig:
     energy_weight: float = setting(1.0, ge=0)
     forces_weight: float = setting(10.0, ge=0)
     per_atom_energy: bool = setting(True)
+    stress_weight: float = setting(0.0, ge=0, hint="on MSE(stress) in eV/Å^3, periodic data with stress labels")
 
 
 @dataclass

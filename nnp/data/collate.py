@@ -37,6 +37,10 @@ def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         batch[keys.FORCES] = torch.from_numpy(
             np.concatenate([s[keys.FORCES] for s in samples]).astype(np.float64)
         )
+    if any(keys.STRESS in s for s in samples):
+        # (M, 3, 3) eV/Å^3; NaN for structures without a stress label (the loss leaves them out)
+        nan = np.full((3, 3), np.nan)
+        batch[keys.STRESS] = torch.from_numpy(np.stack([np.asarray(s.get(keys.STRESS, nan), dtype=np.float64) for s in samples]))
     return batch
 
 
