@@ -4,9 +4,15 @@
         md.timestep_fs=0.5 md.temperature_K=300 output=traj.extxyz
 
 Writes the trajectory (every ``md.write_interval`` steps), a CSV log with
-``time_ps,epot_eV,ekin_eV,etot_eV,temperature_K`` (and, for a committee,
-``max_forces_std_eV_A,energy_std_eV``) and a JSON summary, and reports the
-drift of the total energy (eV/atom/ps, a linear fit).
+``time_ps,epot_eV,ekin_eV,etot_eV,temperature_K`` (every digit of the float64
+values; under NPT ``volume_A3``; for a committee ``max_forces_std_eV_A,energy_std_eV``),
+a PNG of it (:mod:`nnp.md_plot`), a JSON summary, and reports the drift of the
+total energy (eV/atom/ps, a linear fit). Ensembles: nve, nvt (``md.thermostat``),
+npt (``md.barostat``), ASE integrators named in :mod:`nnp.registry`.
+
+``md.steps`` is the total length; ``OUTPUT.restart.npz`` is written with every
+frame and at the end, ``md.restart=true`` continues from it, and ``md.max_time``
+ends a run early with exit code 75 (:mod:`nnp.md_restart`).
 
 Every step is watched (:mod:`nnp.md_watch`): a safety check that trips ends
 the run with :class:`~nnp.errors.SafetyStop` (exit code 3), a committee's
@@ -156,7 +162,15 @@ def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
     )
 
     from nnp.md_plot import plot_log
-    from nnp.md_restart import Restart, RunCut, parse_max_time, restart_path, trim_log, trim_trajectory, write_restart
+    from nnp.md_restart import (
+        Restart,
+        RunCut,
+        parse_max_time,
+        restart_path,
+        trim_log,
+        trim_trajectory,
+        write_restart,
+    )
 
     md = cfg.md
     steps = int(md.steps)

@@ -182,7 +182,7 @@ def _pressure(md) -> tuple[float, float]:
 def _mtk(atoms, md, timestep: float):
     """Martyna-Tobias-Klein: Nose-Hoover chains on atoms and cell (isotropic, or a flexible cell)."""
     try:
-        from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
+        from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
     except ImportError:
         raise NNPError("md.barostat=mtk needs ASE's MTK integrators: pip install -U 'ase>=3.26'") from None
     pressure, pdamp = _pressure(md)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import ase.io
 import numpy as np

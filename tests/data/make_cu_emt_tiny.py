@@ -1,8 +1,10 @@
 """tests/data/cu-emt-tiny.extxyz: 16 strained, rattled 4-atom copper cells labelled with ASE's EMT."""
-import numpy as np, ase.io
+import ase.io
+import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+
 rng = np.random.default_rng(0)
 frames = []
 for k in range(16):
