@@ -205,7 +205,7 @@ def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
                 "(ckpt=committee.pt or ckpt=[a.pt,b.pt,...]); this model reports no max_forces_std"
             )
         flagged = unc_settings.output
-        if flagged.exists():
+        if flagged.exists() and resume is None:  # a restart appends to the run's own flagged frames
             if not cfg.overwrite:
                 raise NNPError(f"{flagged} already exists: choose another md.uncertainty.output, or overwrite=true")
             flagged.unlink()  # a stale file would read as this run's flagged frames
@@ -225,7 +225,7 @@ def simulate(atoms, cfg: DictConfig) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     safety = SafetyWatch(limits)
-    uwatch = UncertaintyWatch(unc_settings) if committee else None
+    uwatch = UncertaintyWatch(unc_settings, append=resume is not None) if committee else None
     rows: list[list[float]] = trim_log(log_path, start * dt_ps) if resume is not None else []
     last_log: list[int | None] = [None]
     if resume is not None:

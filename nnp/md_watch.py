@@ -334,10 +334,10 @@ class FrameWriter:
 class UncertaintyWatch:
     """Records ``max_forces_std`` every step and acts on frames above the threshold."""
 
-    def __init__(self, settings: UncertaintySettings):
+    def __init__(self, settings: UncertaintySettings, append: bool = False):
         self.settings = settings
         self.values: list[float] = []
-        self.writer = FrameWriter(settings.output, lazy=True) if settings.output is not None else None
+        self.writer = FrameWriter(settings.output, lazy=True, append=append) if settings.output is not None else None
 
     @property
     def flagged(self) -> int:
