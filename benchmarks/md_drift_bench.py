@@ -34,15 +34,16 @@ CACHE = HERE / ".cache" / "drift_model"
 ASPIRIN = Path(os.environ.get("NNP_SHARED", ROOT.parent / "shared" / "data")) / "aspirin-gfn2-500K.extxyz"
 
 
-def train_model(epochs: int) -> Path:
-    model = CACHE / "model.pt"
+def train_model(epochs: int, cache: Path, frames: int) -> Path:
+    model = cache / "model.pt"
     if model.is_file():
         return model
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     data = ["data=ase", f"data.path={ASPIRIN}"] if ASPIRIN.is_file() else ["data=demo"]
     cmd = [sys.executable, "-m", "nnp.cli", "train", *data, "model=ani", "model.hidden=[64,64]",
            "model.hidden_per_element=null", "trainer=cpu", f"trainer.max_epochs={epochs}", "data.batch_size=32",
-           "evaluate_test=false", f"hydra.run.dir={CACHE}"]
+           f"data.split.train={frames}", f"data.split.val={max(1, frames // 5)}", "data.split.test=null",
+           "evaluate_test=false", f"hydra.run.dir={cache}"]
     print("training:", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return model
@@ -53,7 +54,7 @@ def run_md(model: Path, dtype: str, ps: float, tag: str) -> dict:
 
     from nnp.md import run
 
-    out = CACHE / f"nve_{dtype}_{tag}.extxyz"
+    out = model.parent / f"nve_{dtype}_{tag}.extxyz"
     start = ASPIRIN if ASPIRIN.is_file() else ROOT / "datasets" / "aspirin.xyz"
     steps = int(round(ps * 2000))
     base = OmegaConf.load(ROOT / "conf" / "md.yaml")
@@ -80,11 +81,13 @@ def main() -> None:
     ap.add_argument("--ps", type=float, default=20.0, help="simulated time per run (ps)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per dtype")
     ap.add_argument("--epochs", type=int, default=30, help="training epochs (first use only)")
+    ap.add_argument("--frames", type=int, default=1600, help="training structures (first use only)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "md_drift.json")
+    ap.add_argument("--cache", type=Path, default=CACHE, help="model and trajectories")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    model = train_model(args.epochs)
+    model = train_model(args.epochs, args.cache, args.frames)
     runs = []
     for k in range(args.repeat):  # dtypes alternate, so machine load hits both alike
         for dtype in ("float32", "float64"):
