@@ -75,7 +75,10 @@ class NNPCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         batch = collate([atoms_to_sample(self.atoms)])
-        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        # Once asked for stress (NPT, cell relaxation: every step), compute it with the forces in the
+        # same pass, instead of a second model call when the integrator asks for it next.
+        self._stress_asked = getattr(self, "_stress_asked", False) or "stress" in properties
+        want_stress = self._stress_asked and bool(self.atoms.pbc.all())
         out = run_batch(self.potential, batch, self.device, forces=True, stress=want_stress)
         energy = float(out[keys.ENERGY][0])
         self.results = {

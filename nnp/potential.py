@@ -148,6 +148,17 @@ class Potential(nn.Module):
             atomref = torch.zeros(len(self.species))
         self.register_buffer("atomref", torch.as_tensor(atomref, dtype=torch.get_default_dtype()).clone())
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+        # The same reference energies in float64 whatever the network's dtype (kept so by _apply):
+        # at ~-10^3 eV per atom, float32 would round each by ~1e-4 eV and a 10^4-atom sum by ~1 eV.
+        # Not persistent: the file stores them as "atomref" (see to_dict).
+        self.register_buffer("atomref64", torch.as_tensor(atomref, dtype=torch.float64).clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.float()``, ``.cuda()``...: ``atomref64`` follows the device, never the dtype."""
+        ref = self.atomref64
+        super()._apply(fn, recurse)
+        self.atomref64 = ref.to(device=self.atomref.device, dtype=torch.float64)
+        return self
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -216,15 +227,16 @@ class Potential(nn.Module):
 
     def _energies(self, out: Dict[str, torch.Tensor], species: torch.Tensor, idx_m: torch.Tensor, n_structures: int) -> Dict[str, torch.Tensor]:
         """Model output -> atomic energies (N,) and energies (M,) in eV (+ layer shares)."""
-        atomic = self.energy_scale * out[keys.ATOMIC_ENERGY] + self.atomref[species]
+        # The network's share in its own dtype; reference energies and the sums over atoms in float64.
+        atomic = (self.energy_scale * out[keys.ATOMIC_ENERGY]).to(torch.float64) + self.atomref64[species]
         energy = scatter_sum(atomic, idx_m, n_structures)
         results: Dict[str, torch.Tensor] = {keys.ENERGY: energy, keys.ATOMIC_ENERGY: atomic}
         if keys.LAYER_ENERGY in out:
             # Hierarchical models: per-atom layer shares (N, L) -> per structure (M, L).
             # The atom reference energies are the one-body term, so they join
             # layer 0 and the layers sum to the energy.
-            layers = scatter_sum(self.energy_scale * out[keys.LAYER_ENERGY], idx_m, n_structures)
-            reference = scatter_sum(self.atomref[species], idx_m, n_structures)
+            layers = scatter_sum((self.energy_scale * out[keys.LAYER_ENERGY]).to(torch.float64), idx_m, n_structures)
+            reference = scatter_sum(self.atomref64[species], idx_m, n_structures)
             results[keys.LAYER_ENERGY] = torch.cat([layers[:, :1] + reference[:, None], layers[:, 1:]], dim=1)
         return results
 
@@ -285,7 +297,7 @@ class Potential(nn.Module):
             "kind": "potential",
             "model_config": _plain(self.model_config),
             "species": list(self.species),
-            "atomref": self.atomref.detach().cpu().clone(),
+            "atomref": self.atomref64.detach().cpu().clone(),  # float64 (readers cast it to their dtype)
             "energy_scale": float(self.energy_scale),
             "cutoff": self.cutoff,
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},

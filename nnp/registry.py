@@ -194,3 +194,120 @@ def _torchani(path, options: Mapping[str, Any]):
         radial_cutoff=options.get("radial_cutoff"), angular_cutoff=options.get("angular_cutoff"),
         dtype=getattr(torch, options.get("dtype") or "float32"),
     )
+# ------------------------------------------------------- MD thermostats, barostats
+# ASE integrators by the names ``md.thermostat`` and ``md.barostat`` take (every engine
+# maps the same names to its own). builder(atoms, md, timestep) -> an ASE MolecularDynamics;
+# md is the ``md`` config, timestep in ASE units. A thermostat's time constant is
+# 1 / md.friction_per_ps (Langevin's friction; 10/ps: 100 fs).
+
+THERMOSTATS = Registry("thermostat", "md.thermostat")
+BAROSTATS = Registry("barostat", "md.barostat")
+
+
+def _tdamp(md) -> float:
+    from ase import units
+
+    friction = float(md.get("friction_per_ps", 10.0))
+    if friction <= 0:
+        raise NNPError(f"md.friction_per_ps={friction}: a thermostat needs a positive rate (1/ps)")
+    return 1000.0 / friction * units.fs
+
+
+@THERMOSTATS.register("langevin")
+def _langevin(atoms, md, timestep: float):
+    import numpy as np
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    # fixcm=False: ASE's centre-of-mass correction adds too much noise to light atoms
+    # (measured: aspirin at a 300 K target ran at ~345 K, its hydrogens at ~410 K);
+    # the initial velocities have no centre-of-mass motion (Stationary) anyway.
+    return Langevin(
+        atoms, timestep=timestep, temperature_K=float(md.temperature_K),
+        friction=float(md.friction_per_ps) / 1000.0 / units.fs, rng=np.random.default_rng(int(md.seed)), fixcm=False,
+    )
+
+
+@THERMOSTATS.register("nose_hoover")
+def _nose_hoover(atoms, md, timestep: float):
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+
+    return NoseHooverChainNVT(atoms, timestep=timestep, temperature_K=float(md.temperature_K), tdamp=_tdamp(md))
+
+
+@THERMOSTATS.register("berendsen")
+def _berendsen_nvt(atoms, md, timestep: float):
+    from ase.md.nvtberendsen import NVTBerendsen
+
+    return NVTBerendsen(atoms, timestep=timestep, temperature_K=float(md.temperature_K), taut=_tdamp(md), fixcm=False)
+
+
+def _pressure(md) -> tuple[float, float]:
+    """(target pressure, barostat time constant) in ASE units."""
+    from ase import units
+
+    return float(md.get("pressure_bar", 1.0)) * units.bar, float(md.get("barostat_time_fs", 500.0)) * units.fs
+
+
+@BAROSTATS.register("mtk")
+def _mtk(atoms, md, timestep: float):
+    """Martyna-Tobias-Klein: Nose-Hoover chains on atoms and cell (isotropic, or a flexible cell)."""
+    try:
+        from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
+    except ImportError:
+        raise NNPError("md.barostat=mtk needs ASE's MTK integrators: pip install -U 'ase>=3.26'") from None
+    pressure, pdamp = _pressure(md)
+    cls = MTKNPT if md.get("flexible_cell", False) else IsotropicMTKNPT
+    return cls(atoms, timestep=timestep, temperature_K=float(md.temperature_K), pressure_au=pressure,
+               tdamp=_tdamp(md), pdamp=pdamp)
+
+
+@BAROSTATS.register("berendsen")
+def _berendsen_npt(atoms, md, timestep: float):
+    """Berendsen weak coupling of temperature and pressure (isotropic, or each cell axis on its own)."""
+    from ase import units
+    from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen
+
+    pressure, taup = _pressure(md)
+    cls = Inhomogeneous_NPTBerendsen if md.get("flexible_cell", False) else NPTBerendsen
+    return cls(atoms, timestep=timestep, temperature_K=float(md.temperature_K), pressure_au=pressure, taut=_tdamp(md),
+               taup=taup, compressibility_au=float(md.get("compressibility_per_bar", 4.6e-5)) / units.bar, fixcm=False)
+
+
+@BAROSTATS.register("montecarlo")
+def _montecarlo(atoms, md, timestep: float):
+    """OpenMM's MonteCarloBarostat: only through ``md.engine=openmm`` (nnp/engines/openmm.py)."""
+    raise NNPError("md.barostat=montecarlo is OpenMM's Monte Carlo barostat: use it with md.engine=openmm; "
+                   "nnp's own (ASE) integrators offer mtk or berendsen")
+
+
+#: The thermostat each barostat integrates with (ASE couples them): md.thermostat must be this one,
+#: or the default (langevin), which then means "the barostat's own".
+BAROSTAT_THERMOSTAT = {"mtk": "nose_hoover", "berendsen": "berendsen", "montecarlo": "langevin"}
+
+
+# ------------------------------------------------------- structure optimizers (nnp relax)
+# builder(target, logfile) -> an ASE Optimizer; target is the atoms or a cell filter around them
+
+RELAX_OPTIMIZERS = Registry("structure optimizer", "optimizer")
+
+
+@RELAX_OPTIMIZERS.register("fire")
+def _fire(target, logfile=None):
+    from ase.optimize import FIRE
+
+    return FIRE(target, logfile=logfile)
+
+
+@RELAX_OPTIMIZERS.register("bfgs")
+def _bfgs(target, logfile=None):
+    from ase.optimize import BFGS
+
+    return BFGS(target, logfile=logfile)
+
+
+@RELAX_OPTIMIZERS.register("lbfgs")
+def _lbfgs(target, logfile=None):
+    from ase.optimize import LBFGS
+
+    return LBFGS(target, logfile=logfile)

@@ -31,6 +31,8 @@ LENGTH_UNITS: dict[str, float] = {
 }
 
 EV_TO_KCAL_MOL: float = 1.0 / ENERGY_UNITS["kcal/mol"]
+#: GPa per eV/Å^3 (stress), about 160.2
+EV_A3_TO_GPA: float = 1.0 / _ase_units.GPa
 
 
 def energy_factor(unit: str) -> float:

@@ -413,7 +413,8 @@ def test_md_refuses_an_existing_summary_and_writes_it_atomically(tmp_path, monke
     code, text = nnp_cli(monkeypatch, capsys, *args, "overwrite=true")
     assert code == 0, text[-2000:]
     assert json.loads(out.with_suffix(".json").read_text())["steps_done"] == 4
-    assert len(ase.io.read(out, ":")) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["md.csv", "md.extxyz", "md.json"]
+    assert len(ase.io.read(out, ":")) == 3 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "md.csv", "md.extxyz", "md.extxyz.restart.npz", "md.json", "md.png"]
 
 
 def test_train_refuses_an_unwritable_run_dir_before_hydra_creates_it(tmp_path, monkeypatch, capsys):

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nnp.config.fields import Rule, group, setting
-from nnp.registry import MD_ENGINES, OPTIMIZERS, SCHEDULERS
+from nnp.registry import (
+    BAROSTATS,
+    MD_ENGINES,
+    OPTIMIZERS,
+    RELAX_OPTIMIZERS,
+    SCHEDULERS,
+    THERMOSTATS,
+)
 
 # Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
 # tests/test_config_schema.py checks that each one builds.
@@ -33,7 +40,7 @@ ACTIVATIONS = ("celu", "gelu", "shifted_softplus", "silu", "softplus", "ssp", "t
 RADIAL_BASES = ("bessel", "gaussian", "inverse_gaussian")
 CUTOFF_FNS = ("cosine", "polynomial")
 DTYPES = ("float32", "float64")
-MD_ENSEMBLES = ("nve", "nvt", "langevin")
+MD_ENSEMBLES = ("nve", "nvt", "langevin", "npt")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "ipu")
 
 REQUIRED_CKPT = "ckpt=runs/.../model.pt, or a committee: ckpt=[a.pt,b.pt]"
@@ -108,6 +115,7 @@ class DataConfig:
     energy_key: str = setting("energy")
     forces_key: str | None = setting("forces", hint="null: energy-only data")
     group_key: str | None = setting(None)
+    stress_key: str | None = setting("stress", hint="format=ase: periodic structures' stress labels (eV/Å^3); null: none")
     units: UnitsConfig = group(UnitsConfig)
     skip_nan: bool = setting(True)
     min_distance: float = setting(0.5, ge=0)
@@ -248,6 +256,7 @@ class LossConfig:
     forces_weight: float = setting(10.0, ge=0)
     per_atom_energy: bool = setting(True)
     dipole_weight: float = setting(0.0, ge=0, hint="(e Å)^2 MSE of dipoles from the coulomb term's charges")
+    stress_weight: float = setting(0.0, ge=0, hint="on MSE(stress) in eV/Å^3, periodic data with stress labels")
 
 
 @dataclass
@@ -391,6 +400,16 @@ class DynamicsConfig:
     min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
     uncertainty: UncertaintyConfig = group(UncertaintyConfig)
     engine: str = setting("ase", choices=MD_ENGINES, ignore_case=True)
+    thermostat: str = setting("langevin", choices=THERMOSTATS, ignore_case=True, hint="nvt; under npt the barostat's own")
+    barostat: str = setting("mtk", choices=BAROSTATS, ignore_case=True, hint="npt")
+    pressure_bar: float = setting(1.0, hint="npt target pressure (bar)")
+    barostat_time_fs: float = setting(500.0, gt=0, hint="npt: the barostat's time constant (fs)")
+    compressibility_per_bar: float = setting(4.6e-5, gt=0, hint="barostat=berendsen (1/bar; water 4.6e-5)")
+    flexible_cell: bool = setting(False, hint="npt: every cell degree of freedom (else isotropic)")
+    restart: bool = setting(False, hint="continue from OUTPUT.restart.npz when there is one")
+    max_time: Any = setting(None, check=lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+                            or (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None),
+                            allowed='seconds > 0, "DD:HH:MM:SS" or null')
 
 
 @dataclass
@@ -409,12 +428,30 @@ class MDCommand:
     md: DynamicsConfig = group(DynamicsConfig)
 
 
+@dataclass
+class RelaxCommand:
+    ckpt: Any = setting(None, **_CKPT)
+    input: str = setting(None, required="input=structures.extxyz")
+    output: str = setting("relaxed.extxyz")
+    overwrite: bool = setting(False)
+    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
+    optimizer: str = setting("fire", choices=RELAX_OPTIMIZERS, ignore_case=True)
+    fmax: float = setting(0.05, gt=0, hint="eV/Å")
+    max_steps: int = setting(500, ge=1)
+    cell: bool = setting(False, hint="relax periodic cells too (FrechetCellFilter)")
+    pressure_bar: float = setting(0.0, hint="cell=true: target pressure (bar)")
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    min_distance: float = setting(0.5, ge=0, hint="Å")
+
+
 #: Schema of each Hydra command's composed config.
 COMMANDS: dict[str, type] = {
     "train": TrainCommand,
     "evaluate": EvaluateCommand,
     "predict": PredictCommand,
     "md": MDCommand,
+    "relax": RelaxCommand,
 }
 
 #: Schema of each config group, by the group's folder name in conf/ (a user's --config-dir too).

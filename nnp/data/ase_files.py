@@ -153,6 +153,21 @@ def _structure_arrays(atoms, where: str) -> np.ndarray:
     return numbers
 
 
+def _stress_label(atoms, key: str, row_data: dict | None, where: str) -> np.ndarray | None:
+    """A periodic structure's stress label (3, 3) eV/Å^3 (ASE's sign), from Voigt 6 or a full 3x3; None if absent."""
+    value = _label(atoms, key, row_data)
+    if value is None:
+        return None
+    arr = _floats(value, where, f"stress '{key}'").reshape(-1)
+    if arr.size == 6:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        return voigt_6_to_full_3x3_stress(arr)
+    if arr.size == 9:
+        return arr.reshape(3, 3)
+    raise NNPError(f"{where}: stress '{key}' has {arr.size} numbers, expected 6 (Voigt) or 9 (3x3)")
+
+
 class AseDataset(AtomsDataset):
     def __init__(
         self,
@@ -166,6 +181,7 @@ class AseDataset(AtomsDataset):
         min_distance: float = 0.5,
         charge_key: str | None = None,
         dipole_key: str | None = None,
+        stress_key: str | None = "stress",
     ):
         """``charge_key``: each structure's total charge (e); ``dipole_key``: its dipole (3,) e Å."""
         self.path = str(path)
@@ -213,6 +229,9 @@ class AseDataset(AtomsDataset):
             if f is not None:
                 sample[keys.FORCES] = f * (energy_factor / length_factor)
             extra_labels(sample, atoms, data, where, charge_key, dipole_key)
+            stress = _stress_label(atoms, stress_key, data, where) if stress_key and pbc.all() else None
+            if stress is not None:
+                sample[keys.STRESS] = stress * (energy_factor / length_factor**3)
             self.samples.append(sample)
             g = _label(atoms, group_key, data) if group_key else None
             labels.append(str(g) if g is not None else atoms.get_chemical_formula())

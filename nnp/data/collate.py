@@ -41,6 +41,10 @@ def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         batch[keys.TOTAL_CHARGE] = torch.tensor([float(s.get(keys.TOTAL_CHARGE, 0.0)) for s in samples], dtype=torch.float64)
     if all(keys.DIPOLE in s for s in samples):  # dipole labels (e Å)
         batch[keys.DIPOLE] = torch.from_numpy(np.stack([s[keys.DIPOLE] for s in samples]).astype(np.float64))
+    if any(keys.STRESS in s for s in samples):
+        # (M, 3, 3) eV/Å^3; NaN for structures without a stress label (the loss leaves them out)
+        nan = np.full((3, 3), np.nan)
+        batch[keys.STRESS] = torch.from_numpy(np.stack([np.asarray(s.get(keys.STRESS, nan), dtype=np.float64) for s in samples]))
     return batch
 
 

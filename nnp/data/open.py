@@ -46,6 +46,7 @@ def open_dataset(cfg: Mapping[str, Any]) -> AtomsDataset:
             energy_key=cfg.get("energy_key", "energy"),
             forces_key=cfg.get("forces_key", "forces"),
             group_key=cfg.get("group_key", None),
+            stress_key=cfg.get("stress_key", "stress"),
             energy_factor=1.0 if e_fac is None else e_fac,
             length_factor=1.0 if l_fac is None else l_fac,
             charge_key=cfg.get("charge_key") or None,

@@ -16,9 +16,11 @@ class EnergyForceLoss:
     eV/Å per Cartesian component. Also returns MAEs for logging.
     """
 
-    def __init__(self, energy_weight: float = 1.0, forces_weight: float = 10.0, per_atom_energy: bool = True, dipole_weight: float = 0.0):
+    def __init__(self, energy_weight: float = 1.0, forces_weight: float = 10.0, per_atom_energy: bool = True,
+                 dipole_weight: float = 0.0, stress_weight: float = 0.0):
         """``dipole_weight``: weight of MSE(dipole components) in (e Å)^2, from the coulomb term's charges."""
         self.dipole_weight = float(dipole_weight)
+        self.stress_weight = float(stress_weight)  # on MSE(stress components), eV/Å^3; periodic labels only
         self.energy_weight = float(energy_weight)
         self.forces_weight = float(forces_weight)
         self.per_atom_energy = bool(per_atom_energy)
@@ -51,4 +53,20 @@ class EnergyForceLoss:
             if self.dipole_weight > 0:
                 loss = loss + self.dipole_weight * dd.pow(2).mean()
             metrics["dipole_mae"] = dd.abs().mean().detach()
+        loss = loss + self._stress_term(pred, batch, metrics)
         return loss, metrics
+
+    @property
+    def uses_stress(self) -> bool:
+        return self.stress_weight > 0
+
+    def _stress_term(self, pred: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor], metrics: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """stress_weight * MSE of the stress components (eV/Å^3) of structures with a stress label."""
+        if keys.STRESS not in pred or keys.STRESS not in batch:
+            return torch.zeros((), dtype=pred[keys.ENERGY].dtype, device=pred[keys.ENERGY].device)
+        labelled = torch.isfinite(batch[keys.STRESS]).all(-1).all(-1)
+        if not bool(labelled.any()):
+            return torch.zeros((), dtype=pred[keys.ENERGY].dtype, device=pred[keys.ENERGY].device)
+        ds = pred[keys.STRESS][labelled] - batch[keys.STRESS][labelled]
+        metrics["stress_mae"] = ds.abs().mean().detach()
+        return self.stress_weight * ds.pow(2).mean()

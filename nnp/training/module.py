@@ -33,8 +33,10 @@ class PotentialModule(pl.LightningModule):
         batch = batch_to(batch, self.device, self.potential.atomref.dtype)
         has_forces = keys.FORCES in batch
         train_forces = stage == "train" and has_forces and self.loss_fn.uses_forces
+        has_stress = keys.STRESS in batch and getattr(self.loss_fn, "uses_stress", False)
         with torch.enable_grad():  # validation needs dE/dR too
-            pred = self.potential(batch, compute_forces=has_forces, create_graph=train_forces)
+            pred = self.potential(batch, compute_forces=has_forces, compute_stress=has_stress,
+                                  create_graph=train_forces or (stage == "train" and has_stress))
         loss, metrics = self.loss_fn(pred, batch)
         n = int(batch[keys.N_ATOMS].shape[0])
         on_step = stage == "train"
