@@ -208,6 +208,13 @@ class LossConfig:
     energy_weight: float = setting(1.0, ge=0)
     forces_weight: float = setting(10.0, ge=0)
     per_atom_energy: bool = setting(True)
+    # the recipe (nnp.training.loss, nnp.training.schedules): what each term means is in the README, "Loss"
+    kind: str = setting("mse", choices=("mse", "huber"), ignore_case=True)
+    huber_delta: float = setting(0.01, gt=0, hint="eV (per atom when per_atom_energy) and eV/Å")
+    force_error: str = setting("component", choices=("component", "vector"), hint="MSE over force components or atoms' error vectors")
+    stages: list[dict[str, float]] = setting(
+        [], item=Rule(item=Rule(ge=0)),
+        hint="[{from_epoch: 10, energy_factor: 10}]: energy_/forces_weight (values) or energy_/forces_factor from an epoch on")
 
 
 @dataclass
@@ -226,6 +233,7 @@ class OptimConfig:
     weight_decay: float = setting(0.0, ge=0)
     momentum: float = setting(0.9, ge=0, le=1, hint="sgd")
     scheduler: SchedulerConfig | None = group(SchedulerConfig)
+    warmup_steps: int = setting(0, ge=0, hint="optimizer steps of linear LR warmup; 0: none")
 
 
 @dataclass
@@ -256,6 +264,11 @@ class EnsembleConfig:
 
 
 @dataclass
+class EMAConfig:
+    decay: float = setting(0.99, ge=0, lt=1, hint="per optimizer step; 0: off (nnp.training.averaging)")
+
+
+@dataclass
 class EarlyStoppingConfig:
     monitor: str = setting("val_loss")
     patience: int = setting(30, ge=0)
@@ -278,6 +291,8 @@ class TrainCommand:
     verbose: bool = setting(False, hint="Lightning's model summary and messages")
     ensemble: EnsembleConfig = group(EnsembleConfig)
     early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
+    ema: EMAConfig | None = group(EMAConfig)
+    energy_scale: str = setting("residual_rms", choices=("residual_rms", "force_rms"), hint="network output scale (nnp.data.statistics)")
 
 
 _CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)
