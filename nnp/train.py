@@ -86,7 +86,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         EarlyStopping(monitor=cfg.early_stopping.monitor, patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta), mode="min"),
         LearningRateMonitor(logging_interval="epoch"),
         RichProgressBar(leave=False),
-        *recipe_callbacks(OmegaConf.to_container(cfg, resolve=True), run_dir),  # ema, loss.stages, learning_curves.png
+        *recipe_callbacks(cfg, run_dir),  # ema, loss.stages, learning_curves.png
     ]
     loggers = [
         CSVLogger(save_dir=str(run_dir), name="csv", version=""),

@@ -25,19 +25,23 @@ def read_epochs(metrics_csv: str | Path) -> dict[str, list[float]]:
     last value (``lr-*`` is logged at the epoch's start, the rest at its end).
     """
     by_epoch: dict[int, dict[str, float]] = {}
+    pending: list[dict[str, str]] = []  # rows without an epoch (the LR monitor's): they belong to the next one
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
             if not row.get("epoch"):
+                pending.append(row)
                 continue
             epoch = int(float(row["epoch"]))
             slot = by_epoch.setdefault(epoch, {})
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in ("", None):
-                    continue
-                try:
-                    slot[key] = float(value)
-                except ValueError:
-                    continue
+            for r in (*pending, row):
+                for key, value in r.items():
+                    if key in ("epoch", "step") or value in ("", None):
+                        continue
+                    try:
+                        slot[key] = float(value)
+                    except ValueError:
+                        continue
+            pending = []
     epochs = sorted(by_epoch)
     columns = sorted({k for slot in by_epoch.values() for k in slot})
     out = {"epoch": [float(e) for e in epochs]}
