@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast fuzz demo bench lint clean
+.PHONY: install test test-fast fuzz demo bench bench-recipe lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Accuracy on held-out molecules, nnp vs TorchANI/SchNetPack, and the recipe's ablation (also a section of `make bench`)
+bench-recipe: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --only recipe
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff && $(BIN)/ruff check nnp tests benchmarks

@@ -177,9 +177,9 @@ def nnp_run(prep: dict, model: str, overrides: list[str], epochs: int, out_dir: 
 
 
 def nnp_errors(pot, dataset, indices) -> dict:
-    import torch
 
     from common import heldout_errors
+
     from nnp import keys
     from nnp.data.collate import collate
 
