@@ -200,10 +200,11 @@ def nnp_errors(pot, dataset, indices) -> dict:
 
 
 # -------------------------------------------------------------------- peers
-def peer_run(peer: str, model: str, epochs: int, cache: Path, threads: int, seed: int, timeout: float) -> dict:
+def peer_run(peer: str, model: str, epochs: int, cache: Path, threads: int, seed: int, timeout: float,
+             venvs: str | None = None) -> dict:
     import envs
 
-    python = envs.python_of(peer)
+    python = Path(venvs) / peer / "bin" / "python" if venvs else envs.python_of(peer)
     if not python.is_file():
         return {"error": f"{peer} venv missing (python benchmarks/envs.py {peer})"}
     cmd = [str(python), str(HERE / "workers" / f"{peer}_worker.py"), "fit", "--threads", str(threads),
@@ -245,12 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-per-molecule", type=int, default=10)
     p.add_argument("--val-per-molecule", type=int, default=6)
     p.add_argument("--test-per-molecule", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (and the training seed unless --train-seed)")
+    p.add_argument("--train-seed", type=int, default=None, help="initialization and shuffling (repeat with others for the noise)")
+    p.add_argument("--venvs", default=None, help="folder of the peers' venvs (default benchmarks/.venvs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--peer-timeout", type=float, default=1800)
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--results", default=str(HERE / "results" / "recipe.json"))
     args = p.parse_args(argv)
+    args.train_seed = args.seed if args.train_seed is None else args.train_seed
     import torch
 
     torch.set_num_threads(args.threads)
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return [fill.get(o, o).replace("{warmup}", fill["{warmup}"]) for o in overrides]
 
     results: dict = {"info": {**prep["info"], "epochs": args.epochs, "batch_size": 32, "threads": args.threads,
-                              "torch": torch.__version__, "machine": platform.machine(),
+                              "train_seed": args.train_seed, "torch": torch.__version__, "machine": platform.machine(),
                               "loadavg_start": os.getloadavg()}, "ablation": {}, "peers": {}}
     curves = Path(args.results).parent / "recipe_curves"
     if "ablation" in args.only:
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.ablation is not None and k not in args.ablation:
                 continue
             run_dir = out / f"ablation_{k}"
-            r = nnp_run(prep, "ani", expand(overrides), args.epochs, run_dir, args.seed)
+            r = nnp_run(prep, "ani", expand(overrides), args.epochs, run_dir, args.train_seed)
             r.update(overrides=expand(overrides), what=what)
             _keep_curve(run_dir, curves / f"ani_{k}.png")
             results["ablation"][name] = r
@@ -286,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         log("| model | held-out force MAE (meV/Å) | energy MAE (meV/atom) | s/epoch |\n|---|---|---|---|")
         for model in args.models:
             run_dir = out / f"nnp_{model}"
-            r = nnp_run(prep, model, recipe, args.epochs, run_dir, args.seed)
+            r = nnp_run(prep, model, recipe, args.epochs, run_dir, args.train_seed)
             r["overrides"] = recipe
             _keep_curve(run_dir, curves / f"{model}_recipe.png")
             results["peers"][f"nnp {model}"] = r
             log(row(f"nnp {model}", r))
             _write(args.results, results)
             peer = PEER_OF[model]
-            r = peer_run(peer, model, args.epochs, prep["cache"], args.threads, args.seed, args.peer_timeout)
+            r = peer_run(peer, model, args.epochs, prep["cache"], args.threads, args.train_seed, args.peer_timeout, args.venvs)
             results["peers"][f"{peer} {model}"] = r
             log(row(f"{peer} {model}", r))
             _write(args.results, results)
