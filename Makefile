@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nnp-installed
 PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/python -m pip install -q -c constraints.txt
 DEMO_DIR ?= demo-output
 
-.PHONY: install test test-fast test-slurm test-lammps test-openmm test-torchani fuzz demo bench lint clean
+.PHONY: install test test-fast test-slurm test-lammps test-openmm test-torchani fuzz demo bench bench-recipe lint clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,9 @@ test-openmm: $(STAMP) $(OPENMM_VENV)/.nnp-installed
 	$(BIN)/python tests/openmm_export_fixture.py $(OPENMM_VENV)/exported
 	NNP_OPENMM_EXPORTED=$(OPENMM_VENV)/exported OMP_NUM_THREADS=1 \
 		$(OPENMM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_openmm_engine.py
+# Accuracy on held-out molecules, nnp vs TorchANI/SchNetPack, and the recipe's ablation (also a section of `make bench`)
+bench-recipe: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --only recipe
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff && $(BIN)/ruff check nnp tests benchmarks

@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     global RESULTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller systems")
-    p.add_argument("--only", nargs="*", help="sections: inference training md scaling models data")
+    p.add_argument("--only", nargs="*", help="sections: inference training md scaling models data recipe")
     p.add_argument("--skip-peers", action="store_true", help="nnp only (no peer venvs)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (default 1: stable on a shared machine)")
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         write_summary(show=True)
         return 0
     args.repeats = args.repeats or (3 if args.quick else 7)
-    sections = args.only or ["inference", "training", "md", "scaling", "models", "data"]
+    sections = args.only or ["inference", "training", "md", "scaling", "models", "data", "recipe"]
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -319,12 +319,14 @@ def main(argv=None) -> int:
     models_present = {m for m in ("ani", "schnet", "painn") if (ROOT / "nnp" / "models" / f"{m}.py").is_file()}
     summary = {}
     for section in sections:
-        if section in ("models", "data"):
+        if section in ("models", "data", "recipe"):
             script = HERE / f"{section}_bench.py"
             if not script.is_file():
                 log(f"[{section}] {script.name} not present: skipped")
                 continue
-            quick_args = {"models": ["--budget", "30"], "data": ["--sizes", "200000", "--max-batches", "50"]}
+            quick_args = {"models": ["--budget", "30"], "data": ["--sizes", "200000", "--max-batches", "50"],
+                          "recipe": ["--train-per-molecule", "2", "--val-per-molecule", "3", "--test-per-molecule", "10",
+                                     "--models", "ani", "--ablation", "0", "1", "2"]}
             cmd = [sys.executable, str(script)] + (quick_args[section] if args.quick else [])
             log(f"[{section}] {' '.join(cmd[1:])}")
             rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -395,7 +397,7 @@ def write_summary(extra: dict | None = None, show: bool = False) -> dict:
                     f"{k} k={v['exponent']:.2f}" for k, v in payload["fits"].items())
             print_table(section, payload["entries"], extra_line)
     for key, value in (extra or {}).items():
-        if key in ("models", "data"):
+        if key in ("models", "data", "recipe"):
             out["sections"][key] = value
     (RESULTS / "summary.json").write_text(json.dumps(out, indent=1))
     return out

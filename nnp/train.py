@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnp.data import open_dataset
 from nnp.data.splits import load_split, make_split, save_split
-from nnp.data.statistics import fit_atomref
+from nnp.data.statistics import choose_energy_scale, fit_atomref, force_rms
 from nnp.errors import NNPError
 from nnp.potential import Potential
 from nnp.report import console, table, write_json
@@ -78,12 +78,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     )
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from nnp.training.callbacks import recipe_callbacks
+
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True),
         EarlyStopping(monitor=cfg.early_stopping.monitor, patience=int(cfg.early_stopping.patience), min_delta=float(cfg.early_stopping.min_delta), mode="min"),
         LearningRateMonitor(logging_interval="epoch"),
         RichProgressBar(leave=False),
+        *recipe_callbacks(cfg, run_dir),  # ema, loss.stages, learning_curves.png
     ]
     # checkpoint and stop on SIGTERM/SIGINT (Slurm: SIGUSR1 + requeue); RNG state in checkpoints
     from nnp.training.checkpoints import RandomState, training_plugins
@@ -229,8 +232,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             int(data_cfg.get("batch_size", 32)) * 2,
         )
         atomref, scale = starts[0][0].atomref.double().numpy(), float(starts[0][0].energy_scale)
+        residual_rms, forces_rms = scale, None  # the base model's output scale is kept
     else:
-        atomref, scale = fit_atomref(dataset, split["train"], species)
+        atomref, residual_rms = fit_atomref(dataset, split["train"], species)
+        scale_kind = str(cfg.get("energy_scale") or "residual_rms")
+        forces_rms = force_rms(dataset, split["train"]) if scale_kind == "force_rms" else None
+        scale = choose_energy_scale(scale_kind, residual_rms, forces_rms)
     from ase.data import chemical_symbols
 
     console.print(table(
@@ -241,7 +248,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ["split train/val/test", "/".join(str(len(split[p])) for p in ("train", "val", "test"))],
             ["elements", ", ".join(chemical_symbols[z] for z in species)],
             ["reference energies (eV)", ", ".join(f"{chemical_symbols[z]} {e:.3f}" for z, e in zip(species, atomref))],
-            ["residual RMS per atom (eV)", f"{scale:.4f}"],
+            ["residual RMS per atom (eV)", f"{residual_rms:.4f}"],
+            *([["force RMS (eV/Å)", f"{forces_rms:.4f}"]] if forces_rms else []),
+            ["network output scale (eV)", f"{scale:.4f} ({scale_kind})"],
             ["forces", "yes" if dataset.has_forces else "no"],
         ],
     ))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE.parent / ".cache"
+CACHE = Path(os.environ.get("NNP_BENCH_CACHE") or HERE.parent / ".cache")  # recipe_bench.py: its own inputs
 
 
 # ----------------------------------------------------------------- timing
@@ -185,3 +185,52 @@ def main(cases: dict[str, Callable[..., dict]]) -> None:
     result["torch"] = torch.__version__
     result["wall_s"] = time.perf_counter() - t0
     print(json.dumps(result))
+
+
+# ------------------------------------------------- accuracy (recipe_bench.py)
+def recipe_split() -> tuple[list, list, list, dict]:
+    """The molecule-split train/val/test structures recipe_bench.py prepared, and its meta
+    (``atomref``: {Z: eV} fitted on the training part; loss weights)."""
+    parts = [split_structures(load_npz(f"recipe_{p}")) for p in ("train", "val", "test")]
+    meta = json.loads((CACHE / "recipe_meta.json").read_text())
+    return (*parts, meta)
+
+
+def reference_energy(structure: dict, atomref: dict) -> float:
+    """Sum of the atoms' reference energies (eV), the part every model leaves to least squares."""
+    return float(sum(atomref[str(int(z))] for z in structure["Z"]))
+
+
+def common_loss(de, n_atoms, df, energy_weight: float, forces_weight: float, per_atom: bool):
+    """The benchmark's one loss in every code: w_E mean(dE^2) + w_F mean over components (dF^2);
+    dE per structure (eV), or per atom when ``per_atom``; torch tensors."""
+    e = de / n_atoms if per_atom else de
+    return energy_weight * e.pow(2).mean() + forces_weight * df.pow(2).mean()
+
+
+def heldout_errors(energies: list[float], forces: list[np.ndarray], structures: list[dict]) -> dict:
+    """Energy MAE per atom (meV/atom) and force-component MAE (meV/Å) of predictions on ``structures``."""
+    e = np.array([abs(p - s["energy"]) / len(s["Z"]) for p, s in zip(energies, structures, strict=True)])
+    f = np.concatenate([np.abs(np.asarray(p) - s["forces"]).ravel() for p, s in zip(forces, structures, strict=True)])
+    return {"energy_mae_mev_per_atom": 1000.0 * float(e.mean()), "force_mae_mev_per_A": 1000.0 * float(f.mean()),
+            "n_structures": len(structures)}
+
+
+def fit_epochs(epochs: int, train_batches: list, val_batches: list, train_step, val_loss, get_state, set_state,
+               seed: int = 0) -> dict:
+    """A peer's training loop: ``epochs`` passes over shuffled ``train_batches`` (``train_step(batch)``),
+    the validation loss after each, the best epoch's weights restored at the end (as nnp's best
+    checkpoint). Returns the per-epoch wall times (training + validation) and the losses."""
+    rng = np.random.default_rng(seed)
+    best, best_state, times, curve = float("inf"), None, [], []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        for k in rng.permutation(len(train_batches)):
+            train_step(train_batches[k], epoch)
+        loss = float(np.mean([val_loss(b) for b in val_batches]))
+        times.append(time.perf_counter() - t0)
+        curve.append(loss)
+        if loss < best:
+            best, best_state = loss, get_state()
+    set_state(best_state)
+    return {"epoch_s": times, "median_epoch_s": statistics.median(times), "val_loss": curve, "best_val_loss": best}

@@ -257,6 +257,13 @@ class LossConfig:
     per_atom_energy: bool = setting(True)
     dipole_weight: float = setting(0.0, ge=0, hint="(e Å)^2 MSE of dipoles from the coulomb term's charges")
     stress_weight: float = setting(0.0, ge=0, hint="on MSE(stress) in eV/Å^3, periodic data with stress labels")
+    # the recipe (nnp.training.loss, nnp.training.schedules): what each term means is in the README, "Loss"
+    kind: str = setting("mse", choices=("mse", "huber"), ignore_case=True)
+    huber_delta: float = setting(0.01, gt=0, hint="eV (per atom when per_atom_energy) and eV/Å")
+    force_error: str = setting("component", choices=("component", "vector"), hint="MSE over force components or atoms' error vectors")
+    stages: list[dict[str, float]] = setting(
+        [], item=Rule(item=Rule(ge=0)),
+        hint="[{from_epoch: 10, energy_factor: 10}]: energy_/forces_weight (values) or energy_/forces_factor from an epoch on")
 
 
 @dataclass
@@ -275,6 +282,7 @@ class OptimConfig:
     weight_decay: float = setting(0.0, ge=0)
     momentum: float = setting(0.9, ge=0, le=1, hint="sgd")
     scheduler: SchedulerConfig | None = group(SchedulerConfig)
+    warmup_steps: int = setting(0, ge=0, hint="optimizer steps of linear LR warmup; 0: none")
 
 
 @dataclass
@@ -302,6 +310,11 @@ class TrainerConfig:
 class EnsembleConfig:
     size: int = setting(1, ge=1, hint="committee members")
     bootstrap: bool = setting(False)
+
+
+@dataclass
+class EMAConfig:
+    decay: float = setting(0.99, ge=0, lt=1, hint="per optimizer step; 0: off (nnp.training.averaging)")
 
 
 @dataclass
@@ -340,6 +353,8 @@ class TrainCommand:
     early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
     terms: TermsConfig | None = setting(None, hint="terms=[coulomb,d3,zbl]")
     finetune: FinetuneConfig = group(FinetuneConfig)
+    ema: EMAConfig | None = group(EMAConfig)
+    energy_scale: str = setting("residual_rms", choices=("residual_rms", "force_rms"), hint="network output scale (nnp.data.statistics)")
 
 
 _CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)

@@ -89,3 +89,34 @@ def _absent_species_error(dataset: AtomsDataset, indices: np.ndarray, missing: l
         "would be 0 eV: use a larger training split (data.split.train), a grouped split (data.split.by=group) "
         "or another data.split.seed, or remove those structures"
     )
+
+
+def force_rms(dataset: AtomsDataset, indices: np.ndarray, max_structures: int = 2000, seed: int = 0) -> float | None:
+    """RMS of the force components (eV/Å) over ``indices`` (a fixed random subset of at most
+    ``max_structures``); None when the data has no forces."""
+    if not getattr(dataset, "has_forces", False) or len(indices) == 0:
+        return None
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) > max_structures:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, size=max_structures, replace=False))
+    sq, n = 0.0, 0
+    for i in indices:
+        f = np.asarray(dataset[int(i)].get("forces", np.zeros((0, 3))), dtype=np.float64)
+        ok = np.isfinite(f)
+        sq += float((f[ok] ** 2).sum())
+        n += int(ok.sum())
+    return float(np.sqrt(sq / n)) if n else None
+
+
+#: How the network's output is scaled to eV (``energy_scale`` in the train config).
+ENERGY_SCALES = ("residual_rms", "force_rms")
+
+
+def choose_energy_scale(kind: str, residual_rms: float, forces_rms: float | None) -> float:
+    """The Potential's ``energy_scale`` (eV): the per-atom residual RMS, or the force RMS times 1 Å.
+
+    ``force_rms`` falls back to the residual RMS on energy-only data.
+    """
+    if kind == "force_rms" and forces_rms:
+        return float(forces_rms)
+    return float(residual_rms)

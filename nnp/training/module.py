@@ -13,6 +13,7 @@ from nnp.calculator import batch_to
 from nnp.potential import Potential
 from nnp.registry import OPTIMIZERS, SCHEDULERS
 from nnp.training.loss import EnergyForceLoss
+from nnp.training.schedules import scaled_lr, warmup_factor
 
 
 class PotentialModule(pl.LightningModule):
@@ -20,24 +21,32 @@ class PotentialModule(pl.LightningModule):
 
     Forces are -dE/dR by autograd; training on them needs the graph of the
     gradient (``create_graph``), validation only needs the gradient itself.
+    ``loss_fn`` (training) takes the weights of the current ``loss.stages``
+    stage; ``val_loss_fn`` keeps the configured weights, so ``val_loss`` is
+    comparable across stages.
     """
 
     def __init__(self, potential: Potential, loss: Mapping[str, Any], optim: Mapping[str, Any]):
         super().__init__()
         self.potential = potential
         potential.fitting = True  # leaves out terms the labels do not contain (nnp.terms)
-        self.loss_fn = EnergyForceLoss(**dict(loss))
+        self.loss_fn = EnergyForceLoss.from_config(loss)
+        self.val_loss_fn = EnergyForceLoss.from_config(loss)
         self.optim_cfg = dict(optim)
+        self.warmup_steps = int(self.optim_cfg.get("warmup_steps") or 0)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         batch = batch_to(batch, self.device, self.potential.atomref.dtype)
         has_forces = keys.FORCES in batch
-        train_forces = stage == "train" and has_forces and self.loss_fn.uses_forces
-        has_stress = keys.STRESS in batch and getattr(self.loss_fn, "uses_stress", False)
+        loss_fn = self.loss_fn if stage == "train" else self.val_loss_fn
+        train_forces = stage == "train" and has_forces and loss_fn.uses_forces
+        has_stress = keys.STRESS in batch and getattr(loss_fn, "uses_stress", False)
         with torch.enable_grad():  # validation needs dE/dR too
-            pred = self.potential(batch, compute_forces=has_forces, compute_stress=has_stress,
+            # training with forces_weight=0 skips forces: computed without create_graph, they would
+            # free the graph the energy loss backpropagates through
+            pred = self.potential(batch, compute_forces=has_forces and (stage != "train" or train_forces), compute_stress=has_stress,
                                   create_graph=train_forces or (stage == "train" and has_stress))
-        loss, metrics = self.loss_fn(pred, batch)
+        loss, metrics = loss_fn(pred, batch)
         n = int(batch[keys.N_ATOMS].shape[0])
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss.detach(), batch_size=n, prog_bar=True, on_step=on_step, on_epoch=True, sync_dist=not on_step)
@@ -53,6 +62,16 @@ class PotentialModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         return self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        # the loss weights in force this epoch (loss.stages), beside the losses in csv/metrics.csv
+        self.log("loss_energy_weight", float(self.loss_fn.energy_weight), on_epoch=True)
+        self.log("loss_forces_weight", float(self.loss_fn.forces_weight), on_epoch=True)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        # optim.warmup_steps: the first steps run at a fraction of the scheduled LR (nnp.training.schedules)
+        with scaled_lr(optimizer, warmup_factor(int(self.trainer.global_step), self.warmup_steps)):
+            optimizer.step(closure=optimizer_closure)
 
     def configure_optimizers(self):
         # Optimizers and schedules are named choices (nnp.registry), like every `name:` in the configs.
