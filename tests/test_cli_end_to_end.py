@@ -135,17 +135,17 @@ def test_data_parallel_on_two_cpu_processes(tmp_path, tiny_h5, monkeypatch, caps
     """trainer.strategy=ddp: Lightning re-launches `nnp train` for rank 1; one run directory results.
     Global batch = data.batch_size x processes: 2 processes of 18 structures match one process of 36
     (the whole training split: the same structures in every step) after one epoch: validation loss
-    within 1e-4 relative. Energy loss only: a mean over structures is the same whether taken over
+    within 1e-4 relative. Energy-only data: a mean over structures is the same whether taken over
     the global batch or per rank and then averaged (equal halves); a force mean is per rank's atoms."""
     run_dir = tmp_path / "ddp"
     res = run_nnp("train", "data=demo", f"data.path={tiny_h5}", *_tiny(), "trainer.max_epochs=1", "trainer.devices=2",
-                  "trainer.strategy=ddp", "data.batch_size=18", "loss.forces_weight=0", f"hydra.run.dir={run_dir}")
+                  "trainer.strategy=ddp", "data.batch_size=18", "data.forces_key=null", f"hydra.run.dir={run_dir}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run_dir / "model.pt").exists() and (run_dir / "test_report.json").exists()
     assert not (REPO / "split.npz").exists() and not (REPO / "checkpoints").exists()
     one = tmp_path / "one"
     code, text = nnp_cli(monkeypatch, capsys, "train", "data=demo", f"data.path={tiny_h5}", *_tiny(), "trainer.max_epochs=1",
-                         "data.batch_size=36", "loss.forces_weight=0", "evaluate_test=false", f"hydra.run.dir={one}")
+                         "data.batch_size=36", "data.forces_key=null", "evaluate_test=false", f"hydra.run.dir={one}")
     assert code == 0, text[-3000:]
 
     def val_loss(folder):
