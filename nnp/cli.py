@@ -28,6 +28,7 @@ HYDRA_COMMANDS: dict[str, str] = {
     "evaluate": "nnp.evaluate:run",
     "predict": "nnp.predict:run",
     "md": "nnp.md:run",
+    "active-learn": "nnp.active_learn:run",
 }
 #: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
 PLAIN_COMMANDS: dict[str, str] = {
@@ -43,6 +44,7 @@ HELP = {
     "md": "molecular dynamics with a model (ASE integrators)",
     "export": "compile a model to TorchScript (neighbor list and forces included) for use outside Python",
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
+    "active-learn": "train a committee, run MD with it, label where it disagrees, repeat (labeler=xtb|ase)",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 
@@ -126,10 +128,11 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
+    task = _load(HYDRA_COMMANDS[name])
+    name = name.replace("-", "_")  # active-learn: its config is conf/active_learn.yaml
     validate_overrides(name, argv)
     _quiet_libraries()
     register_resolvers()
-    task = _load(HYDRA_COMMANDS[name])
 
     @hydra.main(version_base=None, config_path=str(config_dir()), config_name=name)
     def app(cfg: DictConfig) -> None:
