@@ -225,10 +225,15 @@ def _candidates(work: Path, entry: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def select(candidates: list[dict[str, Any]], threshold: float | None, max_picks: int, min_frames_apart: int) -> list[dict[str, Any]]:
+def select(candidates: list[dict[str, Any]], threshold: float | None, max_picks: int, min_frames_apart: int,
+           rng: np.random.Generator | None = None) -> list[dict[str, Any]]:
     """Most uncertain first, above ``threshold`` (None: any), at most ``max_picks``, picks from one
-    trajectory at least ``min_frames_apart`` frames apart."""
-    order = sorted(candidates, key=lambda c: -c["std"])
+    trajectory at least ``min_frames_apart`` frames apart. With ``rng``: in random order instead
+    (the baseline active learning is measured against)."""
+    if rng is not None:
+        order = [candidates[i] for i in rng.permutation(len(candidates))]
+    else:
+        order = sorted(candidates, key=lambda c: -c["std"])
     picked: list[dict[str, Any]] = []
     taken: dict[int, list[int]] = {}
     for c in order:
@@ -251,7 +256,8 @@ def _select(cfg: DictConfig, work: Path, r: int, state: State) -> dict[str, Any]
     interval = int(cfg.md.write_interval)
     spacing = max(1, -(-int(cfg.md.uncertainty.min_interval) // interval))  # steps -> frames, rounded up
     threshold = cfg.md.uncertainty.threshold if cfg.selection.mode == "threshold" else None
-    picked = select(cands, threshold, int(cfg.selection.max_per_round), spacing)
+    rng = np.random.default_rng(int(cfg.seed) + r) if cfg.selection.mode == "random" else None
+    picked = select(cands, threshold, int(cfg.selection.max_per_round), spacing, rng)
     stds = np.array([c["std"] for c in cands]) if cands else np.zeros(0)
     frames = []
     for c in picked:

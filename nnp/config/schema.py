@@ -395,7 +395,8 @@ class SamplingConfig:
 
 @dataclass
 class SelectionConfig:
-    mode: str = setting("top_k", choices=("top_k", "threshold"), hint="threshold: above md.uncertainty.threshold")
+    mode: str = setting("top_k", choices=("top_k", "threshold", "random"),
+                        hint="threshold: above md.uncertainty.threshold; random: the baseline, uniform picks")
     max_per_round: int = setting(20, ge=1)
 
 
