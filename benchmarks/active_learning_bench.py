@@ -82,12 +82,12 @@ def gfn2_trajectory(start, temperature: float, n_frames: int, every: int = 20, e
     return out
 
 
-def active_learn(args, mode: str, init: Path, seeds: Path, test: Path) -> dict:
+def active_learn_cmd(args, mode: str, init: Path, seeds: Path, test: Path) -> list[str]:
     work = RUN / f"al_{mode}"
     cmd = [
         sys.executable, "-m", "nnp.cli", "active-learn", "data=ase", f"data.path={init}", "data.split.train=0.9",
         "data.split.val=0.1", "data.split.test=0.0", f"data.batch_size={args.batch_size}", f"seeds={seeds}",
-        f"test_data={test}", "labeler=xtb", f"labeler.workers={args.workers}", "model=ani",
+        f"test_data={test}", "labeler=xtb", f"labeler.workers={args.workers}", "model=ani", f"optim.lr={args.lr}",
         f"model.hidden={args.hidden}", "model.hidden_per_element=null", f"ensemble.size={args.members}",
         f"rounds={args.rounds}", "trainer=cpu", f"trainer.max_epochs={args.epochs}", "early_stopping.patience=15",
         f"md.steps={args.steps}", "md.write_interval=10", "md.uncertainty.min_interval=50",
@@ -95,10 +95,26 @@ def active_learn(args, mode: str, init: Path, seeds: Path, test: Path) -> dict:
         f"selection.mode={mode}", f"selection.max_per_round={args.per_round}", f"hydra.run.dir={work}",
     ]
     print("$ " + " ".join(cmd[2:]), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    rounds = json.loads((work / "rounds.json").read_text())["rounds"]
-    return {"wall_s": round(time.time() - t0, 1), "rounds": rounds}
+    return cmd
+
+
+def run_arms(args, init: Path, seeds: Path, test: Path) -> dict:
+    """Both arms at once, one process each (``--sequential``: one after the other); logs in RUN/al_MODE.log."""
+    arms, procs = {}, {}
+    for mode in ("top_k", "random"):
+        t0 = time.time()
+        log = open(RUN / f"al_{mode}.log", "w")
+        procs[mode] = (subprocess.Popen(active_learn_cmd(args, mode, init, seeds, test), cwd=ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")), t0, log)
+        if args.sequential:
+            procs[mode][0].wait()
+    for mode, (proc, t0, log) in procs.items():
+        if proc.wait() != 0:
+            sys.exit(f"the {mode} arm failed: see {RUN / f'al_{mode}.log'}")
+        log.close()
+        rounds = json.loads((RUN / f"al_{mode}" / "rounds.json").read_text())["rounds"]
+        arms[mode] = {"wall_s": round(time.time() - t0, 1), "rounds": rounds}
+    return arms
 
 
 def labels_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -136,10 +152,12 @@ def main() -> None:
     p.add_argument("--per-round", type=int, default=25)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--members", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--sequential", action="store_true", help="run the two arms one after the other")
     p.add_argument("--hidden", default="[64,32]")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--trajectories", type=int, default=2)
     p.add_argument("--temperatures", default="[500,800]")
     p.add_argument("--test-temperature", type=float, default=800.0)
@@ -149,7 +167,7 @@ def main() -> None:
     if not ASPIRIN.is_file():
         sys.exit(f"{ASPIRIN} not available (../shared is only beside CI and developer checkouts)")
     init, seeds, test = prepare(args)
-    arms = {mode: active_learn(args, mode, init, seeds, test) for mode in ("top_k", "random")}
+    arms = run_arms(args, init, seeds, test)
     curves = {m: [(r["labels"], r["test_forces_mae_eV_A"]) for r in a["rounds"]] for m, a in arms.items()}
     final_random = curves["random"][-1][1]
     result = {

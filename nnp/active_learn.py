@@ -366,16 +366,16 @@ def _plot(rounds: list[dict[str, Any]], path: Path) -> None:
 
 
 def _print_summary(state: State) -> None:
+    def f(rep, key, fmt="{:.4g}"):
+        v = rep.get(key)
+        return "" if v is None else fmt.format(v)
+
     rows = []
     for k in sorted(state.data["rounds"], key=int):
         rep = state.data["rounds"][k]["report"]
-
-        def f(key, fmt="{:.4g}"):
-            v = rep.get(key)
-            return "" if v is None else fmt.format(v)
-
-        rows.append([k, f("labels", "{}"), f("test_forces_mae_eV_A"), f("disagreement_mean_eV_A"),
-                     f("selected", "{}"), f("failed", "{}"), f("train_s", "{:.0f}"), f("sample_s", "{:.0f}"), f("label_s", "{:.0f}")])
+        rows.append([k, f(rep, "labels", "{}"), f(rep, "test_forces_mae_eV_A"), f(rep, "disagreement_mean_eV_A"),
+                     f(rep, "selected", "{}"), f(rep, "failed", "{}"), f(rep, "train_s", "{:.0f}"),
+                     f(rep, "sample_s", "{:.0f}"), f(rep, "label_s", "{:.0f}")])
     console.print(table("active learning", ["round", "labels", "test F MAE (eV/Å)", "mean disagreement (eV/Å)",
                                            "selected", "failed", "train s", "sample s", "label s"], rows))
 

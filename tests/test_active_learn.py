@@ -131,6 +131,23 @@ def test_failed_label_recorded_and_skipped(tmp_path, workers):
     assert len(read_journal(tmp_path / "labels.jsonl")) == 3
 
 
+def test_killed_while_labeling_resumes_without_relabeling(tmp_path):
+    from nnp.labeling import label_structures
+
+    counter, journal = tmp_path / "count.txt", tmp_path / "labels.jsonl"
+    cfg = {"name": "ase", "calculator": "al_labelers:CountingEMT", "workers": 0,
+           "kwargs": {"count_file": str(counter), "interrupt_at": 3}}
+    frames = _cluster(4)
+    with pytest.raises(KeyboardInterrupt):
+        label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 2
+    with open(journal, "a") as fh:  # a record cut short by the kill
+        fh.write('{"index": 2, "ok": tr')
+    cfg["kwargs"] = {"count_file": str(counter)}
+    labels = label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 4 and all(lb.ok for lb in labels)  # 2 before the kill + the other 2
+
+
 def test_not_an_ase_calculator_is_refused(monkeypatch, capsys, tmp_path):
     code, text = nnp_cli(monkeypatch, capsys, "active-learn", "seeds=x.extxyz", "data.path=x.extxyz", "labeler=ase",
                          "labeler.calculator=collections:OrderedDict", f"hydra.run.dir={tmp_path / 'run'}")
@@ -189,14 +206,7 @@ def test_rounds_end_to_end_resume_without_relabeling(cu_files, monkeypatch, caps
         f"hydra.run.dir={work}",
     ]
     kw = f"+labeler.kwargs.count_file={counter}"
-    # 1: killed while labeling (the 2nd structure): one label is in the journal
-    code, _ = nnp_cli(monkeypatch, capsys, *args, kw, "+labeler.kwargs.interrupt_at=2")
-    assert code == 130 and count(counter) == 1
-    state = json.loads((work / "state.json").read_text())
-    assert state["rounds"]["0"]["done"] == ["train", "sample", "select"]
-    before = _read(work / "dataset.h5")
-    assert sum(len(g["energy"]) for g in before.values()) == 10
-    # 2: labels the other two, then killed between labeling and appending
+    # 1: killed between labeling and appending (a kill inside labeling: test_killed_while_labeling)
     real_append = al._append
 
     def killed(*a, **k):
@@ -205,7 +215,11 @@ def test_rounds_end_to_end_resume_without_relabeling(cu_files, monkeypatch, caps
     monkeypatch.setattr(al, "_append", killed)
     code, _ = nnp_cli(monkeypatch, capsys, *args, kw)
     assert code == 130 and count(counter) == 3
-    # 3: appends, trains the last committee, reports; nothing labeled again
+    state = json.loads((work / "state.json").read_text())
+    assert state["rounds"]["0"]["done"] == ["train", "sample", "select", "label"]
+    before = _read(work / "dataset.h5")
+    assert sum(len(g["energy"]) for g in before.values()) == 10
+    # 2: the same command appends, trains the last committee, reports; nothing labeled again
     monkeypatch.setattr(al, "_append", real_append)
     code, text = nnp_cli(monkeypatch, capsys, *args, kw)
     assert code == 0, text[-3000:]
