@@ -90,7 +90,7 @@ def active_learn_cmd(args, mode: str, init: Path, seeds: Path, test: Path) -> li
         f"test_data={test}", "labeler=xtb", f"labeler.workers={args.workers}", "model=ani", f"optim.lr={args.lr}",
         f"model.hidden={args.hidden}", "model.hidden_per_element=null", f"ensemble.size={args.members}",
         f"rounds={args.rounds}", "trainer=cpu", f"trainer.max_epochs={args.epochs}", "early_stopping.patience=15",
-        f"md.steps={args.steps}", "md.write_interval=10", "md.uncertainty.min_interval=50",
+        f"md.steps={args.steps}", "md.write_interval=10", f"md.uncertainty.min_interval={args.min_interval}",
         f"sampling.temperatures_K={args.temperatures}", f"sampling.trajectories={args.trajectories}",
         f"selection.mode={mode}", f"selection.max_per_round={args.per_round}", f"hydra.run.dir={work}",
     ]
@@ -158,7 +158,8 @@ def main() -> None:
     p.add_argument("--sequential", action="store_true", help="run the two arms one after the other")
     p.add_argument("--hidden", default="[64,32]")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--trajectories", type=int, default=2)
+    p.add_argument("--trajectories", type=int, default=3)
+    p.add_argument("--min-interval", type=int, default=20, help="MD steps between two picks from one trajectory")
     p.add_argument("--temperatures", default="[500,800]")
     p.add_argument("--test-temperature", type=float, default=800.0)
     p.add_argument("--test-frames", type=int, default=50)

@@ -244,3 +244,28 @@ def test_rounds_end_to_end_resume_without_relabeling(cu_files, monkeypatch, caps
 
     steps = sorted(a.info["step"] for a in ase.io.read(work / "round_000" / "selected.extxyz", index=":"))
     assert all(b - a >= 8 for a, b in zip(steps, steps[1:])) and steps[0] > 0
+
+
+def test_xtb_without_tblite_says_how_to_install(monkeypatch):
+    import sys
+
+    from nnp.registry import LABELERS
+
+    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
+    with pytest.raises(NNPError, match=r"pip install 'nnp\[xtb\]'"):
+        LABELERS.get("xtb")({"method": "GFN2-xTB"})
+
+
+@pytest.mark.shared
+def test_xtb_label_matches_reference_data():
+    pytest.importorskip("tblite")
+    import ase.io
+    from conftest import shared_file
+
+    from nnp.labeling import label_one
+
+    atoms = ase.io.read(shared_file("aspirin-gfn2-500K.extxyz"), index=0)
+    lb = label_one({"name": "xtb", "method": "GFN2-xTB"}, 0, atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+    assert lb.ok and abs(lb.energy - atoms.get_potential_energy()) < 1e-5
+    np.testing.assert_allclose(lb.forces, atoms.get_forces(), atol=1e-3)
+    assert set(lb.extra) == {"charges", "dipole"}

@@ -9,6 +9,6 @@ labels a structure twice) and records a failed label with its reason instead
 of stopping.
 """
 
-from nnp.labeling.run import Label, label_structures, read_journal
+from nnp.labeling.run import Label, label_one, label_structures, read_journal
 
-__all__ = ["Label", "label_structures", "read_journal"]
+__all__ = ["Label", "label_one", "label_structures", "read_journal"]
