@@ -89,7 +89,7 @@ def validate_overrides(name: str, argv: list[str]) -> None:
 
     register_resolvers()
     composed = check_command_line(name, argv, config_dir())
-    if name == "train" and os.environ.get("LOCAL_RANK", "0") == "0":
+    if name in ("train", "active_learn") and os.environ.get("LOCAL_RANK", "0") == "0":
         from nnp.config.compose import split_command_line
 
         key = "hydra.sweep.dir" if split_command_line(argv).multirun else "hydra.run.dir"
