@@ -34,3 +34,12 @@ class CountingEMT(EMT):
 def count(path) -> int:
     path = Path(path)
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class DyingEMT(EMT):
+    """A labeler whose process dies (as a crash in a native library would)."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=("positions",)):
+        import os
+
+        os._exit(1)

@@ -269,3 +269,13 @@ def test_xtb_label_matches_reference_data():
     assert lb.ok and abs(lb.energy - atoms.get_potential_energy()) < 1e-5
     np.testing.assert_allclose(lb.forces, atoms.get_forces(), atol=1e-3)
     assert set(lb.extra) == {"charges", "dipole"}
+
+
+def test_dead_worker_stops_resumably(tmp_path):
+    from nnp.errors import EXIT_RESUMABLE
+    from nnp.labeling.run import LabelingStopped, label_structures
+
+    cfg = {"name": "ase", "calculator": "al_labelers:DyingEMT", "workers": 1}
+    with pytest.raises(LabelingStopped, match="rerun the same command") as stop:
+        label_structures(_cluster(2), cfg, tmp_path / "labels.jsonl", progress=False)
+    assert stop.value.exit_code == EXIT_RESUMABLE

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from nnp.errors import NNPError
+from nnp.errors import EXIT_RESUMABLE, NNPError
+
+
+class LabelingStopped(NNPError):
+    """A labeling worker process died (killed, out of memory, a crash in the method's library):
+    the labels so far are in the journal; rerunning continues (exit code 75)."""
+
+    exit_code = EXIT_RESUMABLE
 
 #: Results kept beside energy and forces when a labeler provides them (tblite: charges e, dipole e·Å).
 _EXTRA = ("charges", "dipole")
@@ -213,6 +220,7 @@ def _labels(cfg: dict, args: list, workers: int, progress: bool):
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         # spawn: the parent has torch's OpenMP threads running, which a forked child must not inherit
         with _one_thread_env():
@@ -222,5 +230,8 @@ def _labels(cfg: dict, args: list, workers: int, progress: bool):
                 for fut in as_completed(futures):
                     yield fut.result()
                     bar.advance(task)
+            except BrokenProcessPool:
+                raise LabelingStopped("a labeling worker process died (killed, out of memory or a crash in the "
+                                      "labeler's library); the labels so far are kept: rerun the same command to continue") from None
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
