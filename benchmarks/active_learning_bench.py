@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--test-temperature", type=float, default=800.0)
     p.add_argument("--test-frames", type=int, default=50)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. how the run was interrupted and resumed)")
     args = p.parse_args()
     if not ASPIRIN.is_file():
         sys.exit(f"{ASPIRIN} not available (../shared is only beside CI and developer checkouts)")
@@ -179,10 +180,11 @@ def main() -> None:
         "final_energy_mae_eV": {m: a["rounds"][-1]["test_energy_mae_eV"] for m, a in arms.items()},
         "labels_for_top_k_to_reach_random_final": labels_to_reach(curves["top_k"], final_random),
         "mean_disagreement_of_selected_rounds": {m: [r.get("disagreement_mean_eV_A") for r in a["rounds"]] for m, a in arms.items()},
-        "seconds": {m: {"total": a["wall_s"], "train": sum(r.get("train_s") or 0 for r in a["rounds"]),
+        "seconds": {m: {"wall_this_invocation": a["wall_s"], "train": sum(r.get("train_s") or 0 for r in a["rounds"]),
                         "sample": sum(r.get("sample_s") or 0 for r in a["rounds"]),
                         "label": sum(r.get("label_s") or 0 for r in a["rounds"])} for m, a in arms.items()},
         "failed_labels": {m: sum(r.get("failed") or 0 for r in a["rounds"]) for m, a in arms.items()},
+        "note": args.note,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "active_learning.json").write_text(json.dumps(result, indent=2) + "\n")
