@@ -138,7 +138,6 @@ def _run_hydra(name: str, argv: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
-    task = _load(HYDRA_COMMANDS[name])
     name = name.replace("-", "_")  # active-learn: its config is conf/active_learn.yaml
     validate_overrides(name, argv)
     _quiet_libraries()
@@ -166,7 +165,7 @@ def run_task(name: str, cfg) -> None:
     try:
         if os.environ.get("LOCAL_RANK", "0") == "0":  # other DDP ranks rerun the config rank 0 checked
             check_job(name, cfg)  # each job of a sweep, just before its task
-        _load(HYDRA_COMMANDS[name])(cfg)
+        _load(HYDRA_COMMANDS.get(name) or HYDRA_COMMANDS[name.replace("_", "-")])(cfg)
     except NNPError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(err.exit_code)
