@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -220,6 +220,11 @@ class Potential(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """The body of :meth:`forward` (grad mode already on)."""
         inputs, unstrained, strain = self._geometry(batch, species, compute_forces, compute_stress)
+        if not torch.jit.is_scripting():
+            if not self.training and not create_graph and (compute_forces or compute_stress):
+                chunked = self._evaluate_by_centers(batch, species, inputs, unstrained, strain, compute_forces, compute_stress)
+                if chunked is not None:
+                    return chunked
         results = self._energies(self.model(inputs), species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
         energy = results[keys.ENERGY]
         if compute_forces or compute_stress:
@@ -227,15 +232,55 @@ class Potential(nn.Module):
             grads = torch.autograd.grad(
                 [energy.sum()], wrt, create_graph=create_graph, retain_graph=create_graph, allow_unused=True
             )
-            if compute_forces:
-                g = grads[0]
-                results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
-            if compute_stress:
-                g = grads[1]
-                if g is None:
-                    g = torch.zeros_like(strain)
-                results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(energy.dtype))
+            self._add_forces_and_stress(results, grads, batch, unstrained, strain, compute_forces, compute_stress)
         return results
+
+    @torch.jit.unused
+    def _evaluate_by_centers(
+        self,
+        batch: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        inputs: Dict[str, torch.Tensor],
+        unstrained: torch.Tensor,
+        strain: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+    ) -> Optional[Dict[str, torch.Tensor]]:
+        """Inference with bounded memory for models with a chunked path (:mod:`nnp.models.pair_gradient`):
+        the model gives dE/d(pair vectors) chunk by chunk of centers, and forces and stress
+        follow from it by autograd through the pair vectors. None when the model has no such path."""
+        from nnp.models.pair_gradient import energy_and_pair_gradient
+
+        chunked = energy_and_pair_gradient(self.model, inputs)
+        if chunked is None:
+            return None
+        out, grad = chunked
+        results = self._energies(out, species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
+        wrt = [unstrained, strain] if compute_stress else [unstrained]
+        # (dE/dr_ij . r_ij summed, not grad_outputs=: autograd's check of those imports torch.fx, 2 s)
+        grads = torch.autograd.grad([(inputs[keys.PAIR_VECTORS] * (grad * self.energy_scale)).sum()], wrt, allow_unused=True)
+        self._add_forces_and_stress(results, grads, batch, unstrained, strain, compute_forces, compute_stress)
+        return results
+
+    def _add_forces_and_stress(
+        self,
+        results: Dict[str, torch.Tensor],
+        grads: List[Optional[torch.Tensor]],
+        batch: Dict[str, torch.Tensor],
+        unstrained: torch.Tensor,
+        strain: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+    ) -> None:
+        """Forces -dE/dR and stress from the gradients with respect to [positions(, strain)]."""
+        if compute_forces:
+            g = grads[0]
+            results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
+        if compute_stress:
+            g = grads[1]
+            if g is None:
+                g = torch.zeros_like(strain)
+            results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(results[keys.ENERGY].dtype))
 
     # ------------------------------------------------------------- save/load
     def to_dict(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
