@@ -29,6 +29,7 @@ def _set_small_chunks(pot) -> None:
         model.chunk_atoms = 3
     if hasattr(model, "pair_chunk"):
         model.pair_chunk = 7
+        model.chunk_above = 7
 
 
 def _set_whole(pot) -> None:
@@ -36,7 +37,7 @@ def _set_whole(pot) -> None:
     if hasattr(model, "chunk_atoms"):
         model.chunk_atoms = 1 << 30
     if hasattr(model, "pair_chunk"):
-        model.pair_chunk = 1 << 30
+        model.chunk_above = 1 << 30
 
 
 @pytest.fixture
