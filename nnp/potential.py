@@ -25,7 +25,7 @@ from torch import nn
 from nnp import keys
 from nnp.errors import NNPError
 from nnp.models import AtomisticModel, build_model
-from nnp.neighbors import neighbor_list
+from nnp.neighbors import Neighbors, neighbor_list
 from nnp.nn import scatter_sum
 
 FORMAT = "nnp.potential"
@@ -69,7 +69,10 @@ def pair_inputs(
     n_atoms = batch[keys.N_ATOMS]
     cell = batch[keys.CELL].to(positions.dtype)
     pbc = batch[keys.PBC]
-    nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
+    if keys.PAIRS in batch:  # neighbors come with the batch (a skin list reused between MD steps)
+        nbrs = Neighbors(batch[keys.PAIRS], batch[keys.PAIR_IMAGES])
+    else:
+        nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
     if (compute_forces or compute_stress) and not positions.requires_grad:
         positions = positions.detach().requires_grad_(True)
     unstrained = positions
