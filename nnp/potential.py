@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -248,7 +248,7 @@ class Potential(nn.Module):
         strain: torch.Tensor,
         compute_forces: bool,
         compute_stress: bool,
-    ) -> Optional[Dict[str, torch.Tensor]]:
+    ) -> Dict[str, torch.Tensor] | None:
         """Inference with bounded memory for models with a chunked path (:mod:`nnp.models.pair_gradient`):
         the model gives dE/d(pair vectors) chunk by chunk of centers, and forces and stress
         follow from it by autograd through the pair vectors. None when the model has no such path."""
@@ -268,7 +268,7 @@ class Potential(nn.Module):
     def _add_forces_and_stress(
         self,
         results: Dict[str, torch.Tensor],
-        grads: List[Optional[torch.Tensor]],
+        grads: List[torch.Tensor | None],
         batch: Dict[str, torch.Tensor],
         unstrained: torch.Tensor,
         strain: torch.Tensor,

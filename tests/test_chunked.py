@@ -13,8 +13,8 @@ import pytest
 import torch
 from test_models import NAMES, acetamide, batch_of, ethanol, make_potential, periodic_water
 
-import nnp.nn.chunks
 import nnp.models.pair_gradient
+import nnp.nn.chunks
 import nnp.potential
 from nnp import keys
 from nnp.neighbors import Neighbors
@@ -113,7 +113,7 @@ def test_center_chunks_cover_every_pair_once():
     i = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5, 5, 6])
     bounds = center_chunks(i, 8, 3)
     assert bounds[0][0] == 0 and bounds[-1][1] == 8 and bounds[-1][3] == i.shape[0]
-    for (a0, a1, p0, p1), (b0, _, q0, _) in zip(bounds, bounds[1:]):
+    for (_, a1, _, p1), (b0, _, q0, _) in zip(bounds, bounds[1:]):
         assert a1 == b0 and p1 == q0
     for a0, a1, p0, p1 in bounds:
         assert bool(((i[p0:p1] >= a0) & (i[p0:p1] < a1)).all())

@@ -17,7 +17,7 @@ parameters), so the potential uses this path in eval mode without
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
@@ -27,7 +27,7 @@ from nnp.models.ani import ANI
 
 def energy_and_pair_gradient(
     model: torch.nn.Module, inputs: Dict[str, torch.Tensor]
-) -> Optional[Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor] | None:
     """``(outputs, grad)``: the model's outputs (detached) and d(sum of atomic energies)/d(pair vectors) (P, 3).
 
     None when the model has no chunked path or the input fits in one chunk (then
@@ -38,7 +38,7 @@ def energy_and_pair_gradient(
     return None
 
 
-def _ani(model: ANI, inputs: Dict[str, torch.Tensor]) -> Optional[Tuple[Dict[str, torch.Tensor], torch.Tensor]]:
+def _ani(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor] | None:
     species = inputs[keys.SPECIES]
     pairs, vectors, _, order, bounds = model._pair_chunks(inputs)
     if len(bounds) < 2:
