@@ -118,3 +118,4 @@ def test_center_chunks_cover_every_pair_once():
     for a0, a1, p0, p1 in bounds:
         assert bool(((i[p0:p1] >= a0) & (i[p0:p1] < a1)).all())
         assert a1 - a0 == 1 or p1 - p0 <= 3 + 5  # whole atoms; at most one atom's pairs beyond the target
+    assert center_chunks(i, 8, 100) == [(0, 8, 0, i.shape[0])]  # fewer pairs than a chunk: one chunk

@@ -42,7 +42,7 @@ def center_chunks(i: torch.Tensor, n_atoms: int, pairs_per_chunk: int) -> List[T
     ends = torch.cumsum(torch.bincount(i, minlength=n_atoms), 0)
     # the first atom whose pairs end at or beyond each multiple of the chunk size
     n_pairs = int(ends[-1]) if n_atoms > 0 else 0
-    marks = torch.arange(pairs_per_chunk, n_pairs, pairs_per_chunk, device=i.device)
+    marks = torch.arange(pairs_per_chunk, max(n_pairs, pairs_per_chunk), pairs_per_chunk, device=i.device)
     cuts = torch.unique(torch.searchsorted(ends, marks, right=False) + 1).tolist()
     stops = [c for c in cuts if 0 < c < n_atoms] + [n_atoms]
     ends_list: List[int] = ends.tolist()
