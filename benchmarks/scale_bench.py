@@ -73,8 +73,11 @@ def worker(model: str, n: int, path: str, repeats: int) -> dict:
         config.pop("hidden_per_element", None)
     torch.manual_seed(0)
     pot = Potential.build(config, species).eval()
-    if path == "chunked" and model != "ani":
-        pot.model.chunk_above = 0  # chunked at every size (nnp switches above a model-specific size)
+    if path == "chunked":  # chunked at every size (nnp switches above a model-specific size)
+        if model == "ani":
+            pot.model.backward_chunk_above = 0
+        else:
+            pot.model.chunk_above = 0
     if path == "whole":
         if model == "ani":
             pot.train()  # nnp's previous path: AEVs in chunks, one graph (ANI has no train-only layers)

@@ -27,6 +27,7 @@ def _set_small_chunks(pot) -> None:
     model = pot.model
     if hasattr(model, "chunk_atoms"):
         model.chunk_atoms = 3
+        model.backward_chunk_above = 0
     if hasattr(model, "pair_chunk"):
         model.pair_chunk = 7
         model.chunk_above = 7

@@ -38,8 +38,16 @@ def energy_and_pair_gradient(
     return None
 
 
+#: Atoms above which ANI takes this path (a model's ``backward_chunk_above`` overrides it).
+#: Below, the whole-graph path is used: it needs at most ~0.8 GB there (0.5 GB at 10^4
+#: atoms) and measured 10-30% faster at 10^4 atoms on a loaded machine.
+ANI_MIN_ATOMS = 16384
+
+
 def _ani(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor] | None:
     species = inputs[keys.SPECIES]
+    if species.shape[0] <= getattr(model, "backward_chunk_above", ANI_MIN_ATOMS):
+        return None
     pairs, vectors, _, order, bounds = model._pair_chunks(inputs)
     if len(bounds) < 2:
         return None
