@@ -9,7 +9,8 @@ from ase.build import bulk
 from test_models import ethanol, make_potential
 
 from nnp import NNPCalculator
-from nnp.neighbor_skin import SkinNeighborList
+from nnp.neighbor_skin import SkinNeighborList, build_neighbors
+from nnp.neighbors import neighbor_list
 
 F64 = torch.float64
 
@@ -56,3 +57,18 @@ def test_skin_list_rebuilds_when_cell_changes():
     n0 = nl(pos, cell, pbc).pairs.shape[1]
     assert nl(pos, cell, pbc).pairs.shape[1] == n0 and nl.builds == 1
     assert nl(pos, cell * 1.05, pbc).pairs.shape[1] < n0 and nl.builds == 2
+
+
+def test_vesin_lists_equal_nnp_lists():
+    pytest.importorskip("vesin")
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((2, 3, 2))  # a small triclinic cell: many images
+    atoms.rattle(0.1, seed=2)
+    for periodic in (True, False):
+        atoms.pbc = periodic
+        pos = torch.as_tensor(atoms.positions)
+        cell = torch.as_tensor(atoms.cell.array)
+        pbc = torch.as_tensor(atoms.pbc)
+        ours = neighbor_list(pos, torch.zeros(len(atoms), dtype=torch.long), torch.tensor([len(atoms)]), cell[None], pbc[None], 4.0)
+        theirs = build_neighbors(pos, cell, pbc, 4.0)
+        key = lambda nb: sorted(zip(*nb.pairs.tolist(), *nb.images.t().tolist()))  # noqa: E731
+        assert key(theirs) == key(ours)
