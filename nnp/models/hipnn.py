@@ -129,8 +129,8 @@ class HIPNN(AtomisticModel):
         # in chunks of ``pair_chunk`` pairs of whole center atoms and rebuilt in the backward pass
         # (nnp.nn.chunks): memory O(N nu F) instead of O(P nu F) (4.6x less at 1,000 Cu atoms,
         # no slower). Memory settings only; results are the same.
-        self.pair_chunk = 1 << 12
-        self.chunk_above = 1 << 12
+        self.pair_chunk = 1 << 14
+        self.chunk_above = 1 << 14
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]
