@@ -254,6 +254,8 @@ class Potential(nn.Module):
         follow from it by autograd through the pair vectors. None when the model has no such path."""
         from nnp.models.pair_gradient import energy_and_pair_gradient
 
+        if len(getattr(self, "terms", ())) > 0:  # energy terms beside the model need the whole-graph path
+            return None
         chunked = energy_and_pair_gradient(self.model, inputs)
         if chunked is None:
             return None
