@@ -26,6 +26,7 @@ from nnp import keys
 from nnp.committee import Committee, load_model
 from nnp.data.collate import atoms_to_sample, collate
 from nnp.inference import batch_to, model_dtype, run_batch  # noqa: F401  (batch_to: re-exported)
+from nnp.neighbor_skin import SkinNeighborList
 from nnp.potential import Potential
 
 
@@ -44,11 +45,14 @@ class NNPCalculator(Calculator):
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         jit: bool = False,
+        skin: float = 0.0,
         **kwargs,
     ):
         """``model``: a model or committee file, a list of model files, or a loaded model.
         ``jit``: run as TorchScript (less per-call overhead: about 20% faster MD
-        steps for molecules of tens of atoms; no gain for large cells)."""
+        steps for molecules of tens of atoms; no gain for large cells).
+        ``skin`` (Å): > 0 keeps a neighbor list at cutoff + skin between calls and
+        rebuilds it only when an atom has moved more than skin / 2 (:mod:`nnp.neighbor_skin`)."""
         super().__init__(**kwargs)
         potential = model if isinstance(model, torch.nn.Module) else load_model(model, map_location=device)
         if isinstance(dtype, str):
@@ -64,6 +68,7 @@ class NNPCalculator(Calculator):
 
             check_scriptable(self.potential)
             self.potential = torch.jit.script(self.potential)
+        self.neighbors = SkinNeighborList(float(self.potential.cutoff), skin) if skin > 0 else None
 
     def check_state(self, atoms, tol=1e-15):
         """ASE's changes, plus a changed total charge (``atoms.info['charge']``)."""
@@ -75,6 +80,9 @@ class NNPCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         batch = collate([atoms_to_sample(self.atoms)])
+        if self.neighbors is not None:
+            nbrs = self.neighbors(batch[keys.R].to(self.dtype), batch[keys.CELL][0].to(self.dtype), batch[keys.PBC][0])
+            batch[keys.PAIRS], batch[keys.PAIR_IMAGES] = nbrs.pairs, nbrs.images
         # Once asked for stress (NPT, cell relaxation: every step), compute it with the forces in the
         # same pass, instead of a second model call when the integrator asks for it next.
         self._stress_asked = getattr(self, "_stress_asked", False) or "stress" in properties

@@ -29,6 +29,7 @@ DIPOLE: Final[str] = "dipole"  # (M, 3) e Å, label and output (terms: coulomb)
 SPECIES: Final[str] = "species"  # (N,) int64, index into the model's species list
 PAIRS: Final[str] = "pairs"  # (2, P) int64, (center i, neighbor j), both directions
 SHIFTS: Final[str] = "shifts"  # (P, 3) float, Cartesian cell shift added to r_j, Å
+PAIR_IMAGES: Final[str] = "pair_images"  # (P, 3) int64, cell image of j (with PAIRS in a batch: neighbors given, not searched)
 ATOMIC_ENERGY: Final[str] = "atomic_energy"  # (N,) eV, network + reference energy
 LAYER_ENERGY: Final[str] = "layer_energy"  # (M, L) eV, per-layer share (hierarchical models)
 PAIR_VECTORS: Final[str] = "pair_vectors"  # (P, 3) r_j - r_i (+ shift), Å

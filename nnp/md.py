@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     frames = read_inputs(str(cfg.input), model, float(cfg.min_distance), str(cfg.get("index", "0")))
     atoms = frames[0]
     _set_threads(cfg.get("threads", "auto"), len(atoms), str(cfg.device))
-    atoms.calc = NNPCalculator(model, device=str(cfg.device), dtype=cfg.get("dtype"))
+    atoms.calc = NNPCalculator(model, device=str(cfg.device), dtype=cfg.get("dtype"), skin=float(cfg.md.get("skin") or 0.0))
     return simulate(atoms, cfg)
 
 

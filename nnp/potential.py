@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from nnp import keys
 from nnp.errors import NNPError
 from nnp.models import AtomisticModel, build_model
-from nnp.neighbors import neighbor_list
+from nnp.neighbors import Neighbors, neighbor_list
 from nnp.nn import scatter_sum
 from nnp.terms import EnergyTerm, build_terms
 
@@ -72,7 +72,10 @@ def pair_inputs(
     n_atoms = batch[keys.N_ATOMS]
     cell = batch[keys.CELL].to(positions.dtype)
     pbc = batch[keys.PBC]
-    nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
+    if keys.PAIRS in batch:  # neighbors come with the batch (a skin list reused between MD steps)
+        nbrs = Neighbors(batch[keys.PAIRS], batch[keys.PAIR_IMAGES])
+    else:
+        nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
     if (compute_forces or compute_stress) and not positions.requires_grad:
         positions = positions.detach().requires_grad_(True)
     unstrained = positions
@@ -250,6 +253,11 @@ class Potential(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """The body of :meth:`forward` (grad mode already on)."""
         inputs, unstrained, strain = self._geometry(batch, species, compute_forces, compute_stress)
+        if not torch.jit.is_scripting():
+            if not self.training and not create_graph and (compute_forces or compute_stress):
+                chunked = self._evaluate_by_centers(batch, species, inputs, unstrained, strain, compute_forces, compute_stress)
+                if chunked is not None:
+                    return chunked
         out = self.model(inputs)
         results = self._energies(out, species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
         if len(self.terms) > 0:
@@ -260,14 +268,7 @@ class Potential(nn.Module):
             grads = torch.autograd.grad(
                 [energy.sum()], wrt, create_graph=create_graph, retain_graph=create_graph, allow_unused=True
             )
-            if compute_forces:
-                g = grads[0]
-                results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
-            if compute_stress:
-                g = grads[1]
-                if g is None:
-                    g = torch.zeros_like(strain)
-                results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(energy.dtype))
+            self._add_forces_and_stress(results, grads, batch, unstrained, strain, compute_forces, compute_stress)
         return results
 
     def _add_terms(self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor]) -> None:
@@ -288,6 +289,55 @@ class Potential(nn.Module):
     def term_settings(self) -> Dict[str, Any]:
         """Term name -> settings, as stored in the model file (empty without terms)."""
         return {term.name: term.settings() for term in self.terms}
+
+    @torch.jit.unused
+    def _evaluate_by_centers(
+        self,
+        batch: Dict[str, torch.Tensor],
+        species: torch.Tensor,
+        inputs: Dict[str, torch.Tensor],
+        unstrained: torch.Tensor,
+        strain: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+    ) -> Dict[str, torch.Tensor] | None:
+        """Inference with bounded memory for models with a chunked path (:mod:`nnp.models.pair_gradient`):
+        the model gives dE/d(pair vectors) chunk by chunk of centers, and forces and stress
+        follow from it by autograd through the pair vectors. None when the model has no such path."""
+        from nnp.models.pair_gradient import energy_and_pair_gradient
+
+        if len(getattr(self, "terms", ())) > 0:  # energy terms beside the model need the whole-graph path
+            return None
+        chunked = energy_and_pair_gradient(self.model, inputs)
+        if chunked is None:
+            return None
+        out, grad = chunked
+        results = self._energies(out, species, batch[keys.IDX_M], batch[keys.N_ATOMS].shape[0])
+        wrt = [unstrained, strain] if compute_stress else [unstrained]
+        # (dE/dr_ij . r_ij summed, not grad_outputs=: autograd's check of those imports torch.fx, 2 s)
+        grads = torch.autograd.grad([(inputs[keys.PAIR_VECTORS] * (grad * self.energy_scale)).sum()], wrt, allow_unused=True)
+        self._add_forces_and_stress(results, grads, batch, unstrained, strain, compute_forces, compute_stress)
+        return results
+
+    def _add_forces_and_stress(
+        self,
+        results: Dict[str, torch.Tensor],
+        grads: List[torch.Tensor | None],
+        batch: Dict[str, torch.Tensor],
+        unstrained: torch.Tensor,
+        strain: torch.Tensor,
+        compute_forces: bool,
+        compute_stress: bool,
+    ) -> None:
+        """Forces -dE/dR and stress from the gradients with respect to [positions(, strain)]."""
+        if compute_forces:
+            g = grads[0]
+            results[keys.FORCES] = -g if g is not None else torch.zeros_like(unstrained)
+        if compute_stress:
+            g = grads[1]
+            if g is None:
+                g = torch.zeros_like(strain)
+            results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(results[keys.ENERGY].dtype))
 
     # ------------------------------------------------------------- save/load
     def to_dict(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -414,6 +414,7 @@ class DynamicsConfig:
     max_force: float | None = setting(50.0, ge=0, hint="eV/Å; null: off")
     max_temperature_K: float | None = setting(5000.0, ge=0, hint="null: off")
     min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
+    skin: float = setting(1.0, ge=0, hint="Å; 0: a new neighbor list every step")
     uncertainty: UncertaintyConfig = group(UncertaintyConfig)
     engine: str = setting("ase", choices=MD_ENGINES, ignore_case=True)
     thermostat: str = setting("langevin", choices=THERMOSTATS, ignore_case=True, hint="nvt; under npt the barostat's own")

@@ -1,0 +1,122 @@
+"""Bounded-memory evaluation (nnp.nn.chunks, nnp.models.pair_gradient) against whole-system evaluation.
+
+Large systems are evaluated in chunks of center atoms: ANI forward and
+backward per chunk (no whole-system graph), message-passing models with each
+block's per-pair work recomputed chunk by chunk in the backward pass. Here tiny
+chunk sizes force many chunks on small systems; energies, forces, stress and
+(for message passing) training gradients must equal the whole-system ones.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_models import NAMES, acetamide, batch_of, ethanol, make_potential, periodic_water
+
+import nnp.models.pair_gradient
+import nnp.nn.chunks
+import nnp.potential
+from nnp import keys
+from nnp.neighbors import Neighbors
+from nnp.nn.chunks import center_chunks
+
+F64 = torch.float64
+
+
+def _set_small_chunks(pot) -> None:
+    model = pot.model
+    if hasattr(model, "chunk_atoms"):
+        model.chunk_atoms = 3
+        model.backward_chunk_above = 0
+    if hasattr(model, "pair_chunk"):
+        model.pair_chunk = 7
+        model.chunk_above = 7
+
+
+def _set_whole(pot) -> None:
+    model = pot.model
+    if hasattr(model, "chunk_atoms"):
+        model.chunk_atoms = 1 << 30
+    if hasattr(model, "pair_chunk"):
+        model.chunk_above = 1 << 30
+
+
+@pytest.fixture
+def shuffled_pairs(monkeypatch):
+    """Neighbor pairs in a random order (the chunked paths sort them by center and must undo it),
+    and a count of the chunks evaluated."""
+    original = nnp.potential.neighbor_list
+    calls = {"chunks": 0}
+
+    def shuffled(*args):
+        nbrs = original(*args)
+        perm = torch.randperm(nbrs.pairs.shape[1], generator=torch.Generator().manual_seed(0))
+        return Neighbors(nbrs.pairs[:, perm], nbrs.images[perm])
+
+    def counting(*args):
+        calls["chunks"] += 1
+        return recomputed(*args)
+
+    ani = nnp.models.pair_gradient._ani
+
+    def counting_ani(model, inputs):
+        out = ani(model, inputs)
+        calls["chunks"] += 0 if out is None else 1
+        return out
+
+    recomputed = nnp.nn.chunks.recomputed
+    monkeypatch.setattr(nnp.potential, "neighbor_list", shuffled)
+    monkeypatch.setattr(nnp.nn.chunks, "recomputed", counting)
+    monkeypatch.setattr(nnp.models.pair_gradient, "_ani", counting_ani)
+    return calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_inference_equals_whole_system(name, shuffled_pairs):
+    pot = make_potential(name, F64).eval()
+    water = periodic_water()
+    water.rattle(0.05, seed=3)
+    for structures in ([ethanol(), acetamide()], [water]):
+        batch = batch_of(structures, F64)
+        _set_whole(pot)
+        whole = pot(batch, compute_stress=True)
+        assert shuffled_pairs["chunks"] == 0
+        _set_small_chunks(pot)
+        chunked = pot(batch, compute_stress=True)
+        assert shuffled_pairs["chunks"] > 0
+        shuffled_pairs["chunks"] = 0
+        for key in (keys.ENERGY, keys.FORCES, keys.ATOMIC_ENERGY):
+            torch.testing.assert_close(chunked[key], whole[key], rtol=1e-10, atol=1e-10)
+        periodic = batch[keys.PBC].all(-1)
+        torch.testing.assert_close(chunked[keys.STRESS][periodic], whole[keys.STRESS][periodic], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["schnet", "painn", "hipnn"])
+def test_recomputed_messages_train_like_whole_system(name, shuffled_pairs):
+    """Chunked message passing keeps double backward: the force-loss gradient of every parameter is the same."""
+    pot = make_potential(name, F64).train()
+    batch = batch_of([ethanol(), acetamide()], F64)
+    grads = []
+    for setter in (_set_whole, _set_small_chunks):
+        setter(pot)
+        out = pot(batch, create_graph=True)
+        loss = out[keys.ENERGY].pow(2).sum() + out[keys.FORCES].pow(2).sum()
+        grads.append(torch.autograd.grad(loss, [p for p in pot.parameters() if p.requires_grad], allow_unused=True))
+    assert shuffled_pairs["chunks"] > 1
+    for a, b in zip(*grads):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_center_chunks_cover_every_pair_once():
+    i = torch.tensor([0, 0, 0, 2, 2, 3, 5, 5, 5, 5, 5, 6])
+    bounds = center_chunks(i, 8, 3)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 8 and bounds[-1][3] == i.shape[0]
+    for (_, a1, _, p1), (b0, _, q0, _) in zip(bounds, bounds[1:]):
+        assert a1 == b0 and p1 == q0
+    for a0, a1, p0, p1 in bounds:
+        assert bool(((i[p0:p1] >= a0) & (i[p0:p1] < a1)).all())
+        assert a1 - a0 == 1 or p1 - p0 <= 3 + 5  # whole atoms; at most one atom's pairs beyond the target
+    assert center_chunks(i, 8, 100) == [(0, 8, 0, i.shape[0])]  # fewer pairs than a chunk: one chunk
