@@ -126,18 +126,17 @@ class HIPNN(AtomisticModel):
         nn.init.zeros_(self.energy_heads[0].bias)
         self.n_layers = len(widths)
         self.n_atom_features = widths[-1]
-
-    @torch.jit.unused
-    def parameter_groups(self) -> dict[str, list[str]]:
-        """Groups for ``finetune.freeze``: interactions (interaction + on-site layers, sensitivities included), readout (the linear energy read-out of every layer)."""
-        return groups_by_prefix(self, {"interactions": "blocks", "readout": "energy_heads"})
-
         # Above ``chunk_above`` pairs, the (P, nu, F) sensitivity-weighted neighbor terms are built
         # in chunks of ``pair_chunk`` pairs of whole center atoms and rebuilt in the backward pass
         # (nnp.nn.chunks): memory O(N nu F) instead of O(P nu F) (4.6x less at 1,000 Cu atoms,
         # no slower). Memory settings only; results are the same.
         self.pair_chunk = 1 << 14
         self.chunk_above = 1 << 14
+
+    @torch.jit.unused
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for ``finetune.freeze``: interactions (interaction + on-site layers, sensitivities included), readout (the linear energy read-out of every layer)."""
+        return groups_by_prefix(self, {"interactions": "blocks", "readout": "energy_heads"})
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         species = inputs[keys.SPECIES]
