@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -258,12 +258,17 @@ class Potential(nn.Module):
                 results[keys.STRESS] = stress_from_strain_gradient(g, batch[keys.CELL].to(energy.dtype))
         return results
 
-    def _add_terms(self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor]) -> None:
+    def _add_terms(
+        self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor],
+        skip: Optional[List[str]] = None,
+    ) -> None:
         """Add each term's energy (M,) to ``results[keys.ENERGY]``; record it as
-        ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole)."""
+        ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole).
+        ``skip``: names of terms left out (a committee computes its shared ones once)."""
         energy = results[keys.ENERGY]
         for term in self.terms:
-            if term.in_labels or not self.fitting:  # (TorchScript unrolls this loop: no `continue`)
+            # (TorchScript unrolls this loop: no `continue`)
+            if (term.in_labels or not self.fitting) and (skip is None or term.name not in skip):
                 extra = term(inputs, out)
                 share = extra["energy"].to(energy.dtype)
                 energy = energy + share
