@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -260,7 +260,7 @@ class Potential(nn.Module):
 
     def _add_terms(
         self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor],
-        skip: Optional[List[str]] = None,
+        skip: List[str] | None = None,
     ) -> None:
         """Add each term's energy (M,) to ``results[keys.ENERGY]``; record it as
         ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole).

@@ -110,7 +110,7 @@ def test_parameter_free_terms_run_once_and_coulomb_per_member():
         return lambda *_: calls.__setitem__(name, calls.get(name, 0) + 1)
 
     committee.shared_terms[0].register_forward_hook(count("committee zbl"))
-    for k, member in enumerate(committee.members):
+    for member in committee.members:
         for term in member.terms:
             term.register_forward_hook(count(f"member {term.name}"))
     committee(batch_of(frames()))
