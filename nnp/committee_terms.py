@@ -91,14 +91,15 @@ def terms_on_shared_features(
     geometry) is returned, stacked (K, ...) per entry of ``wrt``. Empty list: no such terms.
     """
     skip = committee.shared_term_names if committee.share_terms else []
+    own = [any(t.name not in skip for t in member.terms) for member in committee.members]
+    if not any(own):  # (a committee without terms, or with shared ones only: nothing to do)
+        return []
     explicit: List[List[torch.Tensor]] = [[] for _ in wrt]
-    found = False
     for k, member in enumerate(committee.members):
-        if not any(t.name not in skip for t in member.terms):
+        if not own[k]:
             for w, x in enumerate(wrt):
                 explicit[w].append(torch.zeros_like(x))
             continue
-        found = True
         leaf = features.detach().requires_grad_(need_grad)
         r = per_member[k]
         member._add_terms(inputs, {keys.ATOM_FEATURES: leaf}, r, skip)
@@ -110,7 +111,7 @@ def terms_on_shared_features(
             for w, x in enumerate(wrt):
                 explicit[w].append(grads[1 + w] if grads[1 + w] is not None else torch.zeros_like(x))
         per_member[k] = {key: v.detach() for key, v in r.items()}
-    if not (found and need_grad):
+    if not need_grad:
         return []
     return [torch.stack(e) for e in explicit]
 

@@ -117,6 +117,20 @@ def test_parameter_free_terms_run_once_and_coulomb_per_member():
     assert calls == {"committee zbl": 1, "member coulomb": 3}
 
 
+def test_d3_not_in_the_labels_is_left_out_of_a_fitting_committee():
+    pytest.importorskip("dftd3")
+    committee = committee_of("schnet", {**TERMS, "d3": {"functional": "pbe", "in_labels": False}}, n=2)
+    batch = batch_of(frames()[:1])
+    full = evaluate(committee, batch)
+    committee.fitting = True  # as nnp evaluate does when it compares with labels
+    assert all(m.fitting for m in committee.members)
+    fitting = evaluate(committee, batch)
+    each = [evaluate(m, batch) for m in committee.members]
+    assert keys.TERM_ENERGY + "d3" not in fitting and float(full[keys.TERM_ENERGY + "d3"].abs().min()) > 0
+    torch.testing.assert_close(fitting[keys.ENERGY], torch.stack([o[keys.ENERGY] for o in each]).mean(0))
+    torch.testing.assert_close(full[keys.ENERGY] - fitting[keys.ENERGY], full[keys.TERM_ENERGY + "d3"])
+
+
 def test_members_with_other_terms_are_refused_in_one_line(tmp_path):
     base = potential("schnet", TERMS, seed=0)
     base.save(tmp_path / "a.pt")
