@@ -168,6 +168,7 @@ def test_file_export_and_calculator_round_trip(tmp_path):
     assert atoms.get_charges() == pytest.approx(ref[keys.CHARGES][: len(atoms)].numpy(), abs=1e-10)
     assert atoms.get_charges().sum() == pytest.approx(1.0, abs=1e-10)
     assert atoms.calc.results["energy_std"] == pytest.approx(float(ref[keys.ENERGY_STD][0]), abs=1e-10)
+    assert atoms.calc.results["charges_std"] == pytest.approx(ref[keys.CHARGES_STD][: len(atoms)].numpy(), abs=1e-10)
     if has_dftd3():  # d3 runs outside TorchScript: refused in one line, as for single models
         with pytest.raises(NNPError, match="d3 term.*cannot be exported"):
             export_potential(committee_of("schnet", all_terms(), n=2), tmp_path / "d3.ts")
@@ -193,6 +194,15 @@ def test_train_a_committee_with_terms_and_combine_its_members(monkeypatch, capsy
     a, b = detached(committee(dict(batch))), detached(combined(dict(batch)))
     for key in (keys.ENERGY, keys.FORCES, keys.ENERGY_STD, keys.CHARGES):
         torch.testing.assert_close(a[key], b[key], msg=key)
+    # predict writes the mean charges and their spread
+    import ase.io
+
+    ase.io.write(tmp_path / "in.xyz", ethanol())
+    code, text = nnp_cli(monkeypatch, capsys, "predict", f"ckpt={tmp_path / 'c.pt'}", f"input={tmp_path / 'in.xyz'}", f"output={tmp_path / 'p.extxyz'}")
+    assert code == 0, text[-3000:]
+    written = ase.io.read(tmp_path / "p.extxyz")
+    assert written.get_charges().sum() == pytest.approx(0.0, abs=1e-5) and written.arrays["charges_std"].shape == (9,)
+    assert {"energy_std", "energy_zbl", "energy_coulomb"} <= set(written.info)
     # a member of another run's terms cannot join
     potential("ani", {"zbl": {}}).float().save(tmp_path / "other.pt")
     code, text = nnp_cli(monkeypatch, capsys, "ensemble", "combine", members[0], str(tmp_path / "other.pt"), f"output={tmp_path / 'd.pt'}")
