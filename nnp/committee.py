@@ -301,10 +301,6 @@ class Committee(nn.Module):
         self.calibration.update(energy=float(energy), forces=float(forces), applied=True, data=data)
         self.std_scale.copy_(torch.tensor([float(energy), float(forces)], dtype=self.std_scale.dtype))
 
-    def term_settings(self) -> Dict[str, Any]:
-        """Term name -> the first member's settings (the members agree; :func:`check_compatible`)."""
-        return self.members[0].term_settings()
-
     def to_dict(self) -> dict[str, Any]:
         first = self.members[0]
         return {
