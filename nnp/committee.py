@@ -123,6 +123,17 @@ class Committee(nn.Module):
         # (AEV.vector_jacobian_many); False: autograd through the AEV (above).
         self.analytic_backward = True
 
+    # ------------------------------------------------------------- species
+    def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers (N,) -> species indices (N,); raises on unknown elements."""
+        return self.members[0].species_of(atomic_numbers)
+
+    def _species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return species_lookup(self.species_table, atomic_numbers)
+        return self.species_of(atomic_numbers)
+
+    # ------------------------------------------------------------- terms
     @property
     def fitting(self) -> bool:
         """True: terms not in the labels (d3 in_labels=false) are left out, in every member
@@ -134,16 +145,6 @@ class Committee(nn.Module):
         self._fitting = bool(value)
         for member in self.members:
             member.fitting = bool(value)
-
-    # ------------------------------------------------------------- species
-    def species_of(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers (N,) -> species indices (N,); raises on unknown elements."""
-        return self.members[0].species_of(atomic_numbers)
-
-    def _species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return species_lookup(self.species_table, atomic_numbers)
-        return self.species_of(atomic_numbers)
 
     # ------------------------------------------------------------- forward
     def forward(
