@@ -11,7 +11,7 @@ model file states its units. A structure's total charge is ``atoms.info['charge'
 (e) and ``get_dipole_moment()`` (e Å). A committee gives the members' mean and, in
 ``results``, ``energy_std`` (eV), ``forces_std`` (n,) eV/Å (per atom, the RMS
 deviation of the members' force vectors from the mean) and ``max_forces_std``
-(eV/Å).
+(eV/Å), and with coulomb ``charges_std`` (n,) e.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class NNPCalculator(Calculator):
 
     implemented_properties = [
         "energy", "free_energy", "forces", "energies", "stress", "energy_std", "forces_std", "max_forces_std",
-        "charges", "dipole",
+        "charges", "dipole", "charges_std",
     ]
 
     def __init__(
@@ -98,6 +98,8 @@ class NNPCalculator(Calculator):
         if keys.CHARGES in out:  # models with the coulomb term: atoms.get_charges(), e
             self.results["charges"] = out[keys.CHARGES].double().numpy()
             self.results["dipole"] = out[keys.DIPOLE][0].double().numpy()
+        if keys.CHARGES_STD in out:  # a committee with coulomb: the spread of its members' charges, e
+            self.results["charges_std"] = out[keys.CHARGES_STD].double().numpy()
         if keys.ENERGY_STD in out:
             self.results["energy_std"] = float(out[keys.ENERGY_STD][0])
         if keys.FORCES_STD in out:

@@ -16,13 +16,22 @@ Spreads are population statistics over the K members (divided by K, not K-1)
 times the committee's calibration factors (1 until ``nnp evaluate
 calibrate=true`` fits them on held-out data).
 
+Energy terms (:mod:`nnp.terms`): every member is a full potential, terms
+included, so the mean, the spreads and the member outputs above include them;
+``charges`` (N,) e and ``dipole`` (M, 3) e Å are the members' means and
+``charges_std`` (N,) e the spread of the members' charges (population std).
+Parameter-free terms that are the same in every member (zbl, d3) are computed
+once; terms with weights (coulomb: each member's charge head) per member
+(:mod:`nnp.committee_terms`).
+
 Cost: the members share the neighbor list, and ANI members with the same
 descriptor settings share the descriptor (the AEV has no trainable
 parameters), so a committee is not K separate models.
 
 Files: :func:`load_model` takes a model file, a committee file or a list of
 model files; :meth:`Committee.save` writes one committee file (format
-version 2, a plain dict loaded with ``weights_only=True``).
+version 3, a plain dict loaded with ``weights_only=True``; each member's
+entry stores its own terms and their weights).
 """
 
 from __future__ import annotations
@@ -55,7 +64,9 @@ UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}
 
 
 class Committee(nn.Module):
-    """K potentials with the same species, cutoff and dtype, evaluated together."""
+    """K potentials with the same species, cutoff, dtype and energy terms, evaluated together."""
+
+    __jit_unused_properties__ = ["fitting"]
 
     def __init__(
         self,
@@ -93,6 +104,17 @@ class Committee(nn.Module):
             "std_scale", torch.tensor([self.calibration["energy"], self.calibration["forces"]], dtype=first.atomref.dtype)
         )
         self.metadata: Dict[str, Any] = dict(metadata or {})
+        # Terms the same in every member (parameter-free: zbl, d3): one copy, computed once;
+        # share_terms=False computes them in every member instead (to check and time against).
+        from nnp.committee_terms import shared_term_settings
+        from nnp.terms import build_terms
+
+        info = {"species": self.species, "cutoff": self.cutoff, "n_atom_features": 0}
+        shared = build_terms(shared_term_settings(members), info)
+        self.shared_terms = nn.ModuleList(shared).to(device=first.atomref.device, dtype=first.atomref.dtype)
+        self.shared_term_names: List[str] = [t.name for t in shared]
+        self.share_terms = True
+        self._fitting = False
         from nnp.committee_ani import shares_descriptor
 
         self.shared_descriptor = shares_descriptor(members)
@@ -119,6 +141,19 @@ class Committee(nn.Module):
         if torch.jit.is_scripting():
             return species_lookup(self.species_table, atomic_numbers)
         return self.species_of(atomic_numbers)
+
+    # ------------------------------------------------------------- terms
+    @property
+    def fitting(self) -> bool:
+        """True: terms not in the labels (d3 in_labels=false) are left out, in every member
+        (as :attr:`Potential.fitting <nnp.potential.Potential>`; ``nnp evaluate`` sets it)."""
+        return self._fitting
+
+    @fitting.setter
+    def fitting(self, value: bool) -> None:
+        self._fitting = bool(value)
+        for member in self.members:
+            member.fitting = bool(value)
 
     # ------------------------------------------------------------- forward
     def forward(
@@ -147,11 +182,18 @@ class Committee(nn.Module):
         inputs, unstrained, strain = pair_inputs(batch, species, self.cutoff, compute_forces, compute_stress)
         wrt = [unstrained, strain] if compute_stress else [unstrained]
         need_grad = compute_forces or compute_stress
+        # first, the terms every member shares (their backward keeps the pairs' graph for the members')
+        shared, shared_grads = self._shared_terms(inputs, n_structures, wrt, need_grad)
         if not torch.jit.is_scripting() and self.shared_descriptor:
             per_member, grads = self._shared_descriptor_pass(inputs, species, idx_m, n_structures, wrt, need_grad)
         else:
             per_member, grads = self._member_by_member(inputs, species, idx_m, n_structures, wrt, need_grad)
+        if len(shared) > 0:
+            for w in range(len(grads)):
+                grads[w] = grads[w] + shared_grads[w][None]
         energies = torch.stack([r[keys.ENERGY] for r in per_member])  # (K, M)
+        if keys.ENERGY in shared:
+            energies = energies + shared[keys.ENERGY][None]
         atomic = torch.stack([r[keys.ATOMIC_ENERGY] for r in per_member])  # (K, N)
         results: Dict[str, torch.Tensor] = {
             keys.ENERGY: energies.mean(0),
@@ -161,6 +203,16 @@ class Committee(nn.Module):
         }
         if keys.LAYER_ENERGY in per_member[0]:
             results[keys.LAYER_ENERGY] = torch.stack([r[keys.LAYER_ENERGY] for r in per_member]).mean(0)
+        # the members' own terms: their shares, charges, dipoles (means); the charges' spread
+        for key in per_member[0].keys():
+            if key.startswith(keys.TERM_ENERGY) or key == keys.CHARGES or key == keys.DIPOLE:
+                stacked = torch.stack([r[key] for r in per_member])
+                results[key] = stacked.mean(0)
+                if key == keys.CHARGES:
+                    results[keys.CHARGES_STD] = stacked.std(0, unbiased=False)
+        for key, value in shared.items():
+            if key != keys.ENERGY:
+                results[key] = value
         if compute_forces:
             forces = -grads[0]  # (K, N, 3)
             mean = forces.mean(0)
@@ -189,8 +241,13 @@ class Committee(nn.Module):
         tensor, whose backward would visit every member's graph: K^2 work).
         """
         per_member: List[Dict[str, torch.Tensor]] = []
+        skip = self.shared_term_names if self.share_terms else torch.jit.annotate(List[str], [])
         for member in self.members:
-            per_member.append(member._energies(member.model(inputs), species, idx_m, n_structures))
+            out = member.model(inputs)
+            r = member._energies(out, species, idx_m, n_structures)
+            if len(member.terms) > 0:  # its own terms (coulomb), on its own features
+                member._add_terms(inputs, out, r, skip)
+            per_member.append(r)
         stacked: List[List[torch.Tensor]] = [[] for _ in wrt]
         if need_grad:
             n = len(per_member)
@@ -204,6 +261,34 @@ class Committee(nn.Module):
             if len(s) > 0:
                 out.append(torch.stack(s))
         return per_member, out
+
+    def _shared_terms(
+        self, inputs: Dict[str, torch.Tensor], n_structures: int, wrt: List[torch.Tensor], need_grad: bool
+    ) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+        """The terms every member shares, once: ``energy`` (M,) eV and each term's share, and
+        their gradients with respect to ``wrt`` (empty dict and list: no shared terms)."""
+        results: Dict[str, torch.Tensor] = {}
+        grads: List[torch.Tensor] = []
+        if not self.share_terms or len(self.shared_terms) == 0:
+            return results, grads
+        energy = torch.zeros(n_structures, dtype=self.atomref.dtype, device=self.atomref.device)
+        no_features: Dict[str, torch.Tensor] = {}  # shared terms read the geometry only
+        for term in self.shared_terms:
+            if term.in_labels or not self._fitting:
+                share = term(inputs, no_features)["energy"].to(energy.dtype)
+                energy = energy + share
+                results[keys.TERM_ENERGY + term.name] = share
+        results[keys.ENERGY] = energy
+        if need_grad:
+            for w in range(len(wrt)):
+                grads.append(torch.zeros_like(wrt[w]))
+            if energy.requires_grad:  # (not when no pair is near enough for zbl)
+                found = torch.autograd.grad([energy.sum()], wrt, retain_graph=True, allow_unused=True)
+                for w in range(len(wrt)):
+                    g = found[w]
+                    if g is not None:
+                        grads[w] = g.detach()
+        return results, grads
 
     @torch.jit.unused
     def _shared_descriptor_pass(
@@ -279,8 +364,14 @@ class Committee(nn.Module):
         return cls(pots, calibration, sources, metadata or {})
 
 
+# TorchScript reads this attribute's type here (it may be an empty list; this module's
+# annotations are strings, which TorchScript does not resolve)
+Committee.__annotations__["shared_term_names"] = List[str]
+
+
 def check_compatible(members: Sequence[Potential], sources: Sequence[str]) -> None:
-    """Members must share species, cutoff and dtype (and units: every nnp file is eV/Å)."""
+    """Members must share species, cutoff, dtype (and units: every nnp file is eV/Å) and their
+    energy terms (names, and the settings of parameter-free terms)."""
     from ase.data import chemical_symbols
 
     first, src0 = members[0], sources[0]
@@ -288,9 +379,6 @@ def check_compatible(members: Sequence[Potential], sources: Sequence[str]) -> No
     def names(species):
         return ",".join(chemical_symbols[z] for z in species)
 
-    for m, src in zip(members, sources):
-        if len(m.terms) > 0:  # members are evaluated on shared inputs that carry no terms
-            raise NNPError(f"{src}: has energy terms ({', '.join(t.name for t in m.terms)}); committees of models with terms are not supported yet")
     for m, src in zip(members[1:], sources[1:]):
         if m.species != first.species:
             raise NNPError(
@@ -303,6 +391,9 @@ def check_compatible(members: Sequence[Potential], sources: Sequence[str]) -> No
             dt = str(m.atomref.dtype).replace("torch.", "")
             dt0 = str(first.atomref.dtype).replace("torch.", "")
             raise NNPError(f"{src}: dtype {dt} differs from {src0}'s {dt0} (committee members must share the dtype)")
+    from nnp.committee_terms import check_terms_compatible
+
+    check_terms_compatible(members, sources)
 
 
 def _check_units(payload: Mapping[str, Any], source: str) -> None:

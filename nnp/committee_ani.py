@@ -33,16 +33,22 @@ def shared_descriptor_pass(
     forces as J^T g_k with g_k = dE_k/dAEV (one backward through the networks for
     all members, then the AEV's backward for the K gradients: in closed form, or
     by autograd when ``analytic_backward`` is off)."""
+    from nnp.committee_terms import terms_on_shared_features
+
     model = committee.members[0].model
     if committee.analytic_backward:
         if not need_grad:
             with torch.no_grad():
                 chunks = model.descriptor_chunks(inputs)
             features = chunks[0][2] if len(chunks) == 1 else torch.cat([c[2] for c in chunks])
-            return member_networks(committee, features, species, idx_m, n_structures, False)[0], []
+            per_member = member_networks(committee, features, species, idx_m, n_structures, False)[0]
+            terms_on_shared_features(committee, inputs, features, per_member, features, wrt, False)
+            return per_member, []
         features, state = model.descriptors_with_geometry(inputs)  # no graph
         per_member, g = member_networks(committee, features, species, idx_m, n_structures, True)
-        return per_member, analytic_descriptor_backward(committee, inputs, state, g, idx_m, wrt)
+        # members' own terms (coulomb): their dE_k/dAEV joins g, their explicit gradient is added after
+        explicit = terms_on_shared_features(committee, inputs, features, per_member, g, wrt, True)
+        return per_member, with_explicit(analytic_descriptor_backward(committee, inputs, state, g, idx_m, wrt), explicit)
     chunks = model.descriptor_chunks(inputs)
     features = chunks[0][2] if len(chunks) == 1 else torch.cat([c[2] for c in chunks])
     # one leaf per member: one backward call then yields every member's dE_k/dAEV
@@ -52,11 +58,18 @@ def shared_descriptor_pass(
         for m, leaf in zip(committee.members, leaves)
     ]
     if not need_grad:
+        terms_on_shared_features(committee, inputs, features, per_member, features, wrt, False)
         return per_member, []
     total = torch.stack([r[keys.ENERGY].sum() for r in per_member]).sum()
     g = torch.stack(torch.autograd.grad([total], leaves))  # (K, N, L)
-    grads = descriptor_backward(committee, features, g, wrt)
-    return [{k: v.detach() for k, v in r.items()} for r in per_member], grads
+    per_member = [{k: v.detach() for k, v in r.items()} for r in per_member]
+    explicit = terms_on_shared_features(committee, inputs, features, per_member, g, wrt, True)
+    return per_member, with_explicit(descriptor_backward(committee, features, g, wrt), explicit)
+
+
+def with_explicit(grads: List[torch.Tensor], explicit: List[torch.Tensor]) -> List[torch.Tensor]:
+    """The members' gradients (K, ...) plus the explicit ones of their terms (none: unchanged)."""
+    return [a + b for a, b in zip(grads, explicit)] if explicit else grads
 
 def member_networks(
     committee, features: torch.Tensor, species: torch.Tensor, idx_m: torch.Tensor, n_structures: int, need_grad: bool

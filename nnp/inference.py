@@ -21,7 +21,7 @@ from nnp.terms.checks import note_missing_charge
 #: Outputs copied back per call (the rest, e.g. member energies, stay with the model call).
 _OUTPUTS = (
     keys.ENERGY, keys.FORCES, keys.ATOMIC_ENERGY, keys.STRESS, keys.LAYER_ENERGY,
-    keys.ENERGY_STD, keys.FORCES_STD, keys.MAX_FORCES_STD, keys.CHARGES, keys.DIPOLE,
+    keys.ENERGY_STD, keys.FORCES_STD, keys.MAX_FORCES_STD, keys.CHARGES, keys.DIPOLE, keys.CHARGES_STD,
 )
 
 
@@ -124,11 +124,13 @@ def per_structure(batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) 
     Keys: energy (eV), forces (n, 3) eV/Å, energies (n,) eV per atom, stress (3, 3)
     eV/Å^3 where periodic; with a committee also energy_std (eV), forces_std (n,)
     eV/Å and max_forces_std (eV/Å); with terms (:mod:`nnp.terms`) energy_<term> (eV,
-    each term's share of energy), and with coulomb charges (n,) e and dipole (3,) e Å.
+    each term's share of energy), and with coulomb charges (n,) e and dipole (3,) e Å (a committee:
+    the members' means, and charges_std (n,) e).
     """
     n = batch[keys.N_ATOMS].tolist()
     split: dict[str, Sequence[torch.Tensor]] = {}
-    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std"), (keys.CHARGES, "charges")):
+    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std"), (keys.CHARGES, "charges"),
+                      (keys.CHARGES_STD, "charges_std")):
         if key in out:
             split[name] = torch.split(out[key].double(), n)
     periodic = batch[keys.PBC].all(-1).tolist()

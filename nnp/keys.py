@@ -45,4 +45,5 @@ MEMBER_FORCES: Final[str] = "member_forces"  # (K, N, 3) eV/Å, each member's fo
 # --- energy terms (nnp.terms) ---
 ATOM_FEATURES: Final[str] = "atom_features"  # (N, F) per-atom features a model hands to term heads
 CHARGES: Final[str] = "charges"  # (N,) e, per-atom charges summing to each structure's total charge
+CHARGES_STD: Final[str] = "charges_std"  # (N,) e, committees: std of the members' charges (population)
 TERM_ENERGY: Final[str] = "term_energy:"  # prefix: "term_energy:coulomb" (M,) eV, one term's share

@@ -271,12 +271,17 @@ class Potential(nn.Module):
             self._add_forces_and_stress(results, grads, batch, unstrained, strain, compute_forces, compute_stress)
         return results
 
-    def _add_terms(self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor]) -> None:
+    def _add_terms(
+        self, inputs: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], results: Dict[str, torch.Tensor],
+        skip: List[str] | None = None,
+    ) -> None:
         """Add each term's energy (M,) to ``results[keys.ENERGY]``; record it as
-        ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole)."""
+        ``keys.TERM_ENERGY + name`` and whatever else a term returns (charges, dipole).
+        ``skip``: names of terms left out (a committee computes its shared ones once)."""
         energy = results[keys.ENERGY]
         for term in self.terms:
-            if term.in_labels or not self.fitting:  # (TorchScript unrolls this loop: no `continue`)
+            # (TorchScript unrolls this loop: no `continue`)
+            if (term.in_labels or not self.fitting) and (skip is None or term.name not in skip):
                 extra = term(inputs, out)
                 share = extra["energy"].to(energy.dtype)
                 energy = energy + share

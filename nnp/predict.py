@@ -92,8 +92,9 @@ def run(cfg: DictConfig) -> list[dict]:
         for key in p:
             if key.startswith("energy_") and key not in ("energy_std",):
                 atoms.info[key] = p[key]  # energy_zbl, energy_coulomb, ...: each term's share (eV)
-        if "forces_std" in p:
-            atoms.arrays["forces_std"] = p["forces_std"]
+        for key in ("forces_std", "charges_std"):  # committees (charges_std: with coulomb)
+            if key in p:
+                atoms.arrays[key] = p[key]
     # temp file beside the output (never beside the input), renamed when complete
     with atomic_path(out) as tmp:
         try:

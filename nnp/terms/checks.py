@@ -12,7 +12,7 @@ from nnp.report import console
 
 
 def check_terms_setup(cfg: Any, data_cfg: Mapping[str, Any], loss_cfg: Mapping[str, Any]) -> None:
-    """One line for a term name that does not exist, a committee with terms, a dipole loss without
+    """One line for a term name that does not exist, a dipole loss without
     charges or dipole labels; a note (once) when coulomb has no total charges (then neutral)."""
     terms = dict(cfg.get("terms") or {})
     for name in terms:
@@ -22,9 +22,6 @@ def check_terms_setup(cfg: Any, data_cfg: Mapping[str, Any], loss_cfg: Mapping[s
 
         d3 = dict(terms["d3"] or {})
         damping_parameters(d3.get("functional"), {k: d3.get(k) for k in PARAMETERS})
-    ensemble = cfg.get("ensemble") or {}
-    if terms and int(ensemble.get("size", 1) or 1) > 1:
-        raise NNPError(f"terms={list(terms)} with ensemble.size > 1: committees of models with terms are not supported yet")
     if float(loss_cfg.get("dipole_weight", 0.0) or 0.0) > 0:
         if "coulomb" not in terms:
             raise NNPError("loss.dipole_weight > 0 needs charges: add terms=[coulomb]")
@@ -50,5 +47,6 @@ def note_missing_charge(model: Any, batch: Mapping[str, Any]) -> None:
 
     if "neutral" in _said or keys.TOTAL_CHARGE in batch:
         return
-    if any(getattr(t, "name", "") == "coulomb" for t in getattr(model, "terms", [])):
+    members = getattr(model, "members", None) or [model]  # a committee: its members' terms
+    if any(getattr(t, "name", "") == "coulomb" for m in members for t in getattr(m, "terms", [])):
         note_neutral("no total charge given (atoms.info['charge']): structures are taken as neutral")
