@@ -147,14 +147,17 @@ def _ended(job, cluster: str) -> bool:
 
 def _why(job, cluster: str) -> str:
     """Why a task ended without some of its labels: the job's state and the last line of its error."""
-    state = job.state if cluster == "slurm" else ""
+    state = str(job.state)
+    where = f"slurm job {job.job_id}{f' ({state})' if state not in ('UNKNOWN', 'unknown', '') else ''}"
+    if not job.paths.result_pickle.exists():  # killed, timed out, node lost: no outcome (submitit would wait 15 s)
+        lines = [x.strip() for x in (job.stderr() or "").splitlines() if x.strip()]
+        return f"{where}: ended without a result{f'; last log line: {lines[-1][:200]}' if lines else ''}"
     try:
         err = job.exception()
-    except Exception as e:  # submitit could not read the job's outcome (no result file at all)
+    except Exception as e:  # submitit could not read the job's outcome
         err = e
-    lines = [x.strip() for x in str(err or "").splitlines() if x.strip()]
-    text = f"{type(err).__name__}: {lines[-1][:300]}" if lines else "ended without a result"
-    return f"slurm job {job.job_id}{f' ({state})' if state and state != 'UNKNOWN' else ''}: {text}"
+    lines = [x.strip() for x in str(err or "").splitlines() if x.strip() and not x.startswith(("-----", "You can", "or at", "  -"))]
+    return f"{where}: {lines[-1][:300] if lines else 'ended without its labels'}"
 
 
 def _reattach(journal: Path, folder: Path, cluster: str, todo: set[int]) -> list[tuple[Any, list[int], Path]]:
