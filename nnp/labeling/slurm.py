@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nnp.errors import NNPError
-from nnp.labeling.run import Label, _Journal, _reason, label_one, read_journal
+from nnp.labeling.run import Label, _Journal, label_one, read_journal
 
 INSTALL = "labeler.executor=slurm needs submitit: pip install 'nnp[slurm]'"
 
@@ -212,6 +212,18 @@ def labels(cfg: Mapping[str, Any], args: list[tuple], journal: Path) -> Iterator
     _record_jobs(journal, jobs, cluster)
     poll = float(s.get("poll_s", 5.0))
     waiting = list(jobs)
+    try:
+        yield from _collect(waiting, cluster, poll)
+    except KeyboardInterrupt:
+        if cluster == "slurm":
+            ids = sorted({str(job.job_id).split("_")[0] for job, _, _ in waiting})
+            console.print(f"labels: stopped; the array tasks keep running in Slurm (scancel {' '.join(ids)} to stop "
+                          "them): rerun the same command to collect them")
+        raise
+
+
+def _collect(waiting: list[tuple[Any, list[int], Path]], cluster: str, poll: float) -> Iterator[Label]:
+    """Each task's labels once it ended; its structures without a label as failed, with the job's reason."""
     while waiting:
         still = []
         for job, idx, out in waiting:

@@ -200,3 +200,41 @@ def test_dead_array_task_is_recorded_and_not_relabeled(monkeypatch):
     assert re.match(r"slurm job \d+_\d+.*: ended without a result", labels[1].reason), labels[1].reason
     again = label_structures(frames, cfg, journal, progress=False)
     assert count(counter) == 2 and [lb.reason for lb in again] == [lb.reason for lb in labels]
+
+
+def test_stopped_while_queued_reattaches(monkeypatch, capsys):
+    """The command stops (Ctrl-C) while its array tasks run; the same call again reattaches to them,
+    submits nothing, and every structure is labeled exactly once."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    import nnp.labeling.slurm as slurm_labels
+    from nnp.labeling import label_structures
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
+    from al_labelers import count
+
+    work = WORK / "reattach"
+    counter, journal = work / "count.txt", work / "labels.jsonl"
+    cfg = {"name": "ase", "calculator": "al_labelers:CountingEMT", "workers": 1, "executor": "slurm",
+           "kwargs": {"count_file": str(counter), "sleep_s": 8},
+           "slurm": {"cluster": "slurm", "partition": "debug", "time_min": 5, "structures_per_task": 1, "poll_s": 1}}
+    frames = _copper(3, 7, labeled=False)
+
+    def ctrl_c(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm_labels, "time", SimpleNamespace(sleep=ctrl_c))  # stop at the first wait
+    with pytest.raises(KeyboardInterrupt):
+        label_structures(frames, cfg, journal, progress=False)
+    first = json.loads((work / "labels.jobs.json").read_text())["jobs"]
+    assert len(first) == 3 and count(counter) == 0
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    capsys.readouterr()
+    labels = label_structures(frames, cfg, journal, progress=False)
+    out = capsys.readouterr().out
+    assert "reattached 3 array task(s)" in out and "array task(s); logs" not in out, out
+    assert all(lb.ok for lb in labels) and count(counter) == 3  # each structure labeled once
+    assert json.loads((work / "labels.jobs.json").read_text())["jobs"] == first
