@@ -18,7 +18,9 @@ The work directory (``hydra.run.dir``)::
     dataset.h5        every label so far, ANI-1x layout (eV, Å), append-only
     state.json        the completed stages (written atomically after each)
     round_NNN/        committee/ (model.pt, members/), md/ (trajectories, logs),
-                      selected.extxyz, labels.jsonl (the labeling journal), failed.json
+                      selected.extxyz, labels.jsonl (the labeling journal), failed.json;
+                      labeler.executor=slurm: labels.tasks/ (the array tasks' journals),
+                      labels.jobs.json (their job ids), slurm/ (submitit's files and logs)
     rounds.csv, rounds.json, rounds.png   the report, rewritten after every stage
 
 Rerunning the same command continues from the last completed stage; a

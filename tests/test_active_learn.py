@@ -9,6 +9,8 @@ labeling anything twice.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -153,11 +155,66 @@ def test_not_an_ase_calculator_is_refused(monkeypatch, capsys, tmp_path):
                          "labeler.calculator=collections:OrderedDict", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 2
     assert "OrderedDict is not an ASE calculator class" in error_line(text)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     code, text = nnp_cli(monkeypatch, capsys, "active-learn", "seeds=x.extxyz", "data.path=x.extxyz", "labeler=ase",
                          "labeler.calculator=ase.calculators.emt:EMT", "labeler.executor=slurm",
                          f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == 2 and "labeler.executor=slurm is not available yet" in error_line(text)
+    assert code == 2 and "needs submitit: pip install 'nnp[slurm]'" in error_line(text)
     assert not (tmp_path / "run" / "dataset.h5").exists()
+
+
+def _slurm_cfg(counter, cluster, **kwargs):
+    return {"name": "ase", "calculator": "al_labelers:CountingEMT", "workers": 1, "executor": "slurm",
+            "kwargs": {"count_file": str(counter), **kwargs},
+            "slurm": {"cluster": cluster, "structures_per_task": 2, "poll_s": 0.1}}
+
+
+def test_slurm_array_collects_and_resumes_from_task_files(tmp_path):
+    """labeler.executor=slurm with submitit's DebugExecutor standing in for Slurm: labels of a stopped
+    run's tasks (task files, never collected) are taken as done; the rest go to array tasks."""
+    pytest.importorskip("submitit")
+    from nnp.labeling import label_structures, read_journal
+    from nnp.labeling.slurm import label_chunk, task_dir
+
+    counter, journal = tmp_path / "count.txt", tmp_path / "round" / "labels.jsonl"
+    frames = _cluster(5)
+    cfg = _slurm_cfg(counter, "debug", fail_at=3)
+    # an array task of an earlier run labeled structures 0 and 1; the command stopped before collecting
+    chunk = [(k, frames[k].numbers, frames[k].positions, frames[k].cell.array, frames[k].pbc) for k in (0, 1)]
+    assert label_chunk({**cfg, "kwargs": {"count_file": str(counter)}}, chunk, str(task_dir(journal) / "task-000000.jsonl")) == 2
+    assert count(counter) == 2
+    labels = label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 4  # 3 more calls, the 3rd call of this labeler failed: 2 counted
+    failed = [lb for lb in labels if not lb.ok]  # the tasks of the debug executor run in no fixed order
+    assert labels[0].ok and labels[1].ok and len(failed) == 1 and "SCF did not converge" in failed[0].reason
+    assert len(read_journal(journal)) == 5
+    jobs = json.loads((journal.parent / "labels.jobs.json").read_text())["jobs"]
+    assert sorted(k for j in jobs for k in j["indices"]) == [2, 3, 4]
+    again = label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 4 and [lb.ok for lb in again] == [lb.ok for lb in labels]
+    np.testing.assert_array_equal(again[0].forces, labels[0].forces)
+
+
+def test_slurm_array_task_that_dies_is_recorded(tmp_path):
+    """A task process that dies (LocalExecutor standing in for Slurm): its finished labels are kept,
+    the rest of its chunk is recorded as failed with the job's reason, and a rerun relabels nothing."""
+    pytest.importorskip("submitit")
+    from nnp.labeling import label_structures
+
+    counter, journal = tmp_path / "count.txt", tmp_path / "labels.jsonl"
+    frames = _cluster(4)
+    cfg = _slurm_cfg(counter, "local", die_at=2)  # each task (its own process) dies on its 2nd structure
+    env = os.environ.get("PYTHONPATH", "")
+    tests = str(Path(__file__).parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (tests, env) if x)  # al_labelers in the task processes
+    try:
+        labels = label_structures(frames, cfg, journal, progress=False)
+    finally:
+        os.environ["PYTHONPATH"] = env
+    assert [lb.ok for lb in labels] == [True, False, True, False] and count(counter) == 2
+    assert labels[1].reason.startswith("slurm job ") and "ended without a result" in labels[1].reason
+    again = label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 2 and [lb.ok for lb in again] == [True, False, True, False]
 
 
 def test_committee_and_threshold_required():

@@ -464,6 +464,23 @@ class RelaxCommand:
 
 
 @dataclass
+class SlurmLabelingConfig:
+    """``labeler.executor=slurm``: a round's labels as one Slurm job array (submitit, :mod:`nnp.labeling.slurm`)."""
+
+    cluster: str = setting("slurm", choices=("slurm", "local", "debug"),
+                           hint="local/debug: submitit's stand-ins on this machine, to try it without Slurm")
+    partition: str | None = setting(None, hint="null: the cluster's default")
+    time_min: int = setting(60, ge=1, hint="minutes per array task")
+    cpus_per_task: int = setting(1, ge=1, hint="also the labeler's OpenMP threads")
+    mem: str | None = setting(None, pattern=r"\d+[KMGT]?", allowed='Slurm memory, e.g. "4G"', hint="null: the default")
+    array_parallelism: int = setting(32, ge=1, hint="array tasks running at once")
+    structures_per_task: int = setting(10, ge=1)
+    folder: str | None = setting(None, hint="submitit's job files and logs; null: <round>/slurm")
+    additional: dict[str, Any] = setting({}, hint="more sbatch options, e.g. {account: chem, qos: short}")
+    poll_s: float = setting(5.0, gt=0, hint="s between checks of the jobs")
+
+
+@dataclass
 class LabelerConfig:
     """Any labeler: the schema is chosen by ``name`` (:data:`nnp.registry.LABELERS`)."""
 
@@ -473,7 +490,8 @@ class LabelerConfig:
     name: str = setting("xtb", choices=LABELERS)
     kwargs: dict[str, Any] = setting({}, hint="keyword arguments of the calculator class")
     workers: int = setting(1, ge=0, hint="labeling processes; 0: in this process")
-    executor: str = setting("local", choices=("local", "slurm"), hint="slurm: not available yet")
+    executor: str = setting("local", choices=("local", "slurm"), hint="slurm: a job array, labeler.slurm.*")
+    slurm: SlurmLabelingConfig = group(SlurmLabelingConfig)
 
 
 @dataclass

@@ -172,9 +172,11 @@ def check_labeler(cfg: Mapping[str, Any]) -> None:
     """Refuse a labeler config that cannot work, before any other work (build it once)."""
     executor = str(cfg.get("executor", "local")).lower()
     if executor == "slurm":
-        raise NNPError("labeler.executor=slurm is not available yet: use labeler.executor=local (labeler.workers processes on this machine)")
-    if executor != "local":
-        raise NNPError(f"labeler.executor={cfg.get('executor')!r}: choose local")
+        from nnp.labeling import slurm
+
+        slurm.check(cfg)
+    elif executor != "local":
+        raise NNPError(f"labeler.executor={cfg.get('executor')!r}: choose local or slurm")
     _calculator(dict(cfg))
 
 
@@ -182,13 +184,27 @@ def label_structures(frames: Sequence, cfg: Mapping[str, Any], journal: str | os
     """Labels of ``frames`` (ASE Atoms), in order; those already in ``journal`` are not computed again.
 
     ``cfg`` is the labeler config; ``workers`` 0 labels in this process, N >= 1 in
-    N processes (one OpenMP thread each).
+    N processes (one OpenMP thread each); ``executor: slurm`` labels in a job array
+    (:mod:`nnp.labeling.slurm`), whose tasks' finished labels also count as done.
     """
     from nnp.report import console
 
     cfg = dict(cfg)
     journal = Path(journal)
     done = read_journal(journal)
+    slurm = str(cfg.get("executor", "local")).lower() == "slurm"
+    if slurm:  # labels array tasks wrote before this command last stopped: into the journal, not computed again
+        from nnp.labeling.slurm import merge_finished
+
+        found = merge_finished(journal, done, len(frames))
+        if found:
+            log = _Journal(journal)
+            try:
+                for label in found:
+                    log.add(label)
+                    done[label.index] = label
+            finally:
+                log.close()
     todo = [k for k in range(len(frames)) if k not in done]
     if done:
         console.print(f"labels: {len(done)} of {len(frames)} already in {journal}; labeling the other {len(todo)}")
@@ -196,7 +212,7 @@ def label_structures(frames: Sequence, cfg: Mapping[str, Any], journal: str | os
     log = _Journal(journal)
     try:
         args = [(k, frames[k].numbers, frames[k].positions, frames[k].cell.array, frames[k].pbc) for k in todo]
-        for label in _labels(cfg, args, workers, progress):
+        for label in _labels(cfg, args, workers, progress, journal if slurm else None):
             log.add(label)
             done[label.index] = label
     finally:
@@ -204,7 +220,7 @@ def label_structures(frames: Sequence, cfg: Mapping[str, Any], journal: str | os
     return [done[k] for k in range(len(frames))]
 
 
-def _labels(cfg: dict, args: list, workers: int, progress: bool):
+def _labels(cfg: dict, args: list, workers: int, progress: bool, slurm_journal: Path | None = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nnp.report import console
@@ -213,6 +229,13 @@ def _labels(cfg: dict, args: list, workers: int, progress: bool):
     with Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   disable=not progress) as bar:
         task = bar.add_task("label", total=len(args))
+        if slurm_journal is not None and args:
+            from nnp.labeling import slurm
+
+            for label in slurm.labels(cfg, args, slurm_journal):
+                yield label
+                bar.advance(task)
+            return
         if workers <= 0 or len(args) <= 1:
             for a in args:
                 yield label_one(cfg, *a)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # `make test-slurm`: a real one-node Slurm on this machine, then nnp's batch jobs under it
 # (slurm/test/test_slurm.py): the CPU sbatch to model.pt; preemption (SIGUSR1) -> requeue ->
-# resume -> finish; a 2-task srun DDP job (gloo); a 2-member Hydra submitit sweep.
+# resume -> finish; a 2-task srun DDP job (gloo); a 2-member Hydra submitit sweep; active-learning
+# labels as a submitit job array (labeler.executor=slurm). Select tests with pytest args (-k ...).
 #
 # Needs root (apt-get, daemons). Installs Debian's slurmctld, slurmd, slurm-client and munge when
 # missing, writes a minimal config into a temporary folder, starts munged, slurmctld and slurmd,

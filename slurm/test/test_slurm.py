@@ -7,6 +7,7 @@ shipped demo data with a small model.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -120,3 +121,120 @@ def test_submitit_sweep_of_two_members():
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for k in (0, 1):
         assert (sweep / str(k) / "model.pt").is_file(), (res.stdout + res.stderr)[-4000:]
+
+
+def _copper(n: int, seed: int, labeled: bool):
+    import numpy as np
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.cluster import Icosahedron
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = Icosahedron("Cu", 2)
+        a.positions += rng.normal(0, 0.05, a.positions.shape)
+        if labeled:
+            a.calc = EMT()
+            a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(), forces=a.get_forces())
+        out.append(a)
+    return out
+
+
+def test_active_learning_labels_as_a_job_array():
+    """`nnp active-learn labeler.executor=slurm`: a round's EMT labels as one Slurm job array (submitit);
+    the rerun of the finished command labels nothing again."""
+    pytest.importorskip("submitit")
+    import ase.io
+
+    work = WORK / "al"
+    work.mkdir(parents=True, exist_ok=True)
+    ase.io.write(work / "init.extxyz", _copper(10, 3, labeled=True))
+    ase.io.write(work / "seed.extxyz", _copper(1, 9, labeled=False)[0])
+    args = [
+        PYTHON, "-m", "nnp.cli", "active-learn", "data=ase", f"data.path={work / 'init.extxyz'}", "data.split.train=0.7",
+        "data.split.val=0.3", "data.split.test=0.0", f"seeds={work / 'seed.extxyz'}", "labeler=ase",
+        "labeler.calculator=ase.calculators.emt:EMT", "labeler.executor=slurm", "labeler.slurm.partition=debug",
+        "labeler.slurm.time_min=5", "labeler.slurm.structures_per_task=2", "labeler.slurm.poll_s=1",
+        "model=ani", "model.hidden=[8]", "model.hidden_per_element=null", "ensemble.size=2", "rounds=1", "trainer=cpu",
+        "trainer.max_epochs=1", "md.steps=24", "md.write_interval=4", "md.uncertainty.min_interval=4",
+        "sampling.trajectories=1", "selection.max_per_round=3", f"hydra.run.dir={work / 'run'}",
+    ]
+    res = subprocess.run(args, cwd=work, env=env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    rnd = work / "run" / "round_000"
+    jobs = json.loads((rnd / "labels.jobs.json").read_text())["jobs"]
+    assert len(jobs) == 2 and sorted(k for j in jobs for k in j["indices"]) == [0, 1, 2]
+    array = {j["job_id"].split("_")[0] for j in jobs}
+    assert len(array) == 1 and all(re.fullmatch(r"\d+_\d+", j["job_id"]) for j in jobs)  # one array, two tasks
+    assert job(jobs[0]["job_id"]).get("JobState") == "COMPLETED"
+    labels = [json.loads(x) for x in (rnd / "labels.jsonl").read_text().splitlines()]
+    assert sorted(x["index"] for x in labels) == [0, 1, 2] and all(x["ok"] for x in labels)
+    rounds = json.loads((work / "run" / "rounds.json").read_text())["rounds"]
+    assert [r["labels"] for r in rounds] == [10, 13] and rounds[0]["failed"] == 0
+    # the finished command again: nothing submitted, nothing labeled
+    res = subprocess.run(args, cwd=work, env=env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0 and "array task" not in res.stdout, (res.stdout + res.stderr)[-4000:]
+    assert len((rnd / "labels.jsonl").read_text().splitlines()) == 3
+
+
+def test_dead_array_task_is_recorded_and_not_relabeled(monkeypatch):
+    """A task whose process dies on its 2nd structure: its first label is kept, the rest of its chunk is
+    recorded as failed with the job's id (no sacct here: the job's end is seen in squeue), and a rerun
+    submits nothing."""
+    pytest.importorskip("submitit")
+    from nnp.labeling import label_structures
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
+    from al_labelers import count
+
+    work = WORK / "dies"
+    counter, journal = work / "count.txt", work / "labels.jsonl"
+    cfg = {"name": "ase", "calculator": "al_labelers:CountingEMT", "workers": 1, "executor": "slurm",
+           "kwargs": {"count_file": str(counter), "die_at": 2},
+           "slurm": {"cluster": "slurm", "partition": "debug", "time_min": 5, "structures_per_task": 2, "poll_s": 1}}
+    frames = _copper(4, 5, labeled=False)
+    labels = label_structures(frames, cfg, journal, progress=False)
+    assert [lb.ok for lb in labels] == [True, False, True, False] and count(counter) == 2, [lb.reason for lb in labels]
+    assert re.match(r"slurm job \d+_\d+.*: ended without a result", labels[1].reason), labels[1].reason
+    again = label_structures(frames, cfg, journal, progress=False)
+    assert count(counter) == 2 and [lb.reason for lb in again] == [lb.reason for lb in labels]
+
+
+def test_stopped_while_queued_reattaches(monkeypatch, capsys):
+    """The command stops (Ctrl-C) while its array tasks run; the same call again reattaches to them,
+    submits nothing, and every structure is labeled exactly once."""
+    pytest.importorskip("submitit")
+    from types import SimpleNamespace
+
+    import nnp.labeling.slurm as slurm_labels
+    from nnp.labeling import label_structures
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
+    from al_labelers import count
+
+    work = WORK / "reattach"
+    counter, journal = work / "count.txt", work / "labels.jsonl"
+    cfg = {"name": "ase", "calculator": "al_labelers:CountingEMT", "workers": 1, "executor": "slurm",
+           "kwargs": {"count_file": str(counter), "sleep_s": 8},
+           "slurm": {"cluster": "slurm", "partition": "debug", "time_min": 5, "structures_per_task": 1, "poll_s": 1}}
+    frames = _copper(3, 7, labeled=False)
+
+    def ctrl_c(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm_labels, "time", SimpleNamespace(sleep=ctrl_c))  # stop at the first wait
+    with pytest.raises(KeyboardInterrupt):
+        label_structures(frames, cfg, journal, progress=False)
+    first = json.loads((work / "labels.jobs.json").read_text())["jobs"]
+    assert len(first) == 3 and count(counter) == 0
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    capsys.readouterr()
+    labels = label_structures(frames, cfg, journal, progress=False)
+    out = capsys.readouterr().out
+    assert "reattached 3 array task(s)" in out and "array task(s); logs" not in out, out
+    assert all(lb.ok for lb in labels) and count(counter) == 3  # each structure labeled once
+    assert json.loads((work / "labels.jobs.json").read_text())["jobs"] == first
