@@ -54,7 +54,7 @@ def test_cached_pairs_train_identically(data, model, stress):
     dataset = PairCachedDataset(samples, plain.cutoff)
     loss_fn = EnergyForceLoss(stress_weight=1.0 if stress else 0.0)
     opts = [torch.optim.SGD(p.parameters(), lr=1e-3) for p in (plain, cached)]
-    for step in range(3):  # epochs over two batches: the second and third epochs read the cache
+    for _epoch in range(3):  # epochs over two batches: the second and third epochs read the cache
         for idx in ([0, 1, 2], [3, 4, 5]):
             without = collate([samples[i] for i in idx])
             with_pairs = collate([dataset[i] for i in idx])
