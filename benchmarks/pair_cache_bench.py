@@ -12,7 +12,8 @@ samples, forward + force loss + backward + AdamW step.
 
 The two run interleaved (alternating order) in the same process, ``--rounds``
 rounds of ``--steps`` steps each; medians of the per-round means, and the
-min-max of the per-round ratios. Also the cache's memory per pair and per
+min-max of the per-round ratios (CPU time of the process, one thread: other
+jobs on a shared machine disturb it less than wall time). Also the cache's memory per pair and per
 structure and the time of the neighbor search alone. Results in
 ``results/pair_cache.json``.
 
@@ -88,19 +89,30 @@ def case(model: str, samples: list[dict], batch_size: int, rounds: int, steps: i
 
     for name in sources:  # warm-up
         step(sources[name])
+    # CPU time of this process (one thread): less disturbed by other jobs on a shared machine than wall time
     times: dict[str, list[float]] = {name: [] for name in sources}
     for r in range(rounds):
         for name in (list(sources) if r % 2 == 0 else list(sources)[::-1]):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for _ in range(steps):
                 step(sources[name])
-            times[name].append((time.perf_counter() - t0) / steps)
-    # the neighbor search alone, per batch (what the cache removes from each step)
-    batch = batch_to(collate(samples[:batch_size]), "cpu", torch.float32)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        neighbor_list(batch[keys.R], batch[keys.IDX_M], batch[keys.N_ATOMS], batch[keys.CELL], batch[keys.PBC], pot.cutoff)
-    search_ms = (time.perf_counter() - t0) / 20 * 1e3
+            times[name].append((time.process_time() - t0) / steps)
+
+    def per_call_ms(fn, reps: int = 30) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(reps):
+                fn()
+            runs.append((time.process_time() - t0) / reps * 1e3)
+        return statistics.median(runs)
+
+    # the parts the cache changes, alone: the neighbor search it removes from each step, and collate's extra work
+    first = list(range(batch_size))
+    batch = batch_to(collate([samples[k] for k in first]), "cpu", torch.float32)
+    search_ms = per_call_ms(lambda: neighbor_list(batch[keys.R], batch[keys.IDX_M], batch[keys.N_ATOMS],
+                                                  batch[keys.CELL], batch[keys.PBC], pot.cutoff))
+    collate_ms = {name: per_call_ms(lambda get=get: collate([get(k) for k in first])) for name, get in sources.items()}
     n_pairs = sum(e[0].shape[1] for e in cached._cache.values())
     ratios = [a / b for a, b in zip(times["search"], times["cached"])]
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -109,7 +121,8 @@ def case(model: str, samples: list[dict], batch_size: int, rounds: int, steps: i
         "step_ms": {name: 1e3 * v for name, v in med.items()},
         "conf_per_s": {name: batch_size / v for name, v in med.items()},
         "speedup_median": med["search"] / med["cached"], "speedup_round_min": min(ratios), "speedup_round_max": max(ratios),
-        "neighbor_search_ms_per_batch": search_ms,
+        "neighbor_search_ms_per_batch": search_ms, "collate_ms_per_batch": collate_ms,
+        "expected_speedup_from_parts": 1 / (1 - (search_ms - collate_ms["cached"] + collate_ms["search"]) / (1e3 * med["search"])),
         "cache_fill_s": fill_s, "cache_bytes": cached.nbytes, "cache_pairs": n_pairs,
         "bytes_per_structure": cached.nbytes / len(samples), "array_bytes_per_pair": 4.0,
         "rounds": rounds, "steps_per_round": steps,
@@ -134,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model:7s} {dataset:8s} batch {batch_size}: search {res['conf_per_s']['search']:7.1f} conf/s, "
                   f"cached {res['conf_per_s']['cached']:7.1f} conf/s, x{res['speedup_median']:.2f} "
                   f"(rounds {res['speedup_round_min']:.2f}-{res['speedup_round_max']:.2f}); neighbor search "
-                  f"{res['neighbor_search_ms_per_batch']:.1f} ms/batch; cache {res['bytes_per_structure']:.0f} B/structure, "
+                  f"{res['neighbor_search_ms_per_batch']:.1f} ms/batch, collate {res['collate_ms_per_batch']['search']:.1f} -> "
+                  f"{res['collate_ms_per_batch']['cached']:.1f} ms (parts: x{res['expected_speedup_from_parts']:.3f}); cache {res['bytes_per_structure']:.0f} B/structure, "
                   f"{res['cache_pairs'] / res['structures']:.0f} pairs/structure", flush=True)
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "machine_note": "shared, loaded 2-core machine"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -91,3 +91,18 @@ def test_cache_follows_cutoff_and_budget():
     assert wide[keys.PAIRS].dtype == np.int16 and wide[keys.PAIR_IMAGES].dtype == np.int8
     tiny = PairCachedDataset(samples, 5.0, max_bytes=0)  # nothing fits: pairs still come, nothing kept
     assert keys.PAIRS in tiny[1] and keys.PAIRS in tiny[1] and tiny.nbytes == 0 and tiny.hits == 0
+
+
+def test_datamodule_batches_carry_cached_pairs():
+    from nnp.training.datamodule import AtomsDataModule
+
+    samples = labelled_samples(ROOT / "datasets/molecules.extxyz", 4)
+    split = {"train": np.arange(4), "val": np.arange(2), "test": np.arange(2)}
+    cached = AtomsDataModule(samples, split, batch_size=2, pair_cutoff=4.0)
+    for _epoch in range(2):
+        for batch in cached.train_dataloader():
+            ref = neighbor_list(batch[keys.R], batch[keys.IDX_M], batch[keys.N_ATOMS], batch[keys.CELL], batch[keys.PBC], 4.0)
+            np.testing.assert_array_equal(sorted_pairs(*ref), sorted_pairs(batch[keys.PAIRS], batch[keys.PAIR_IMAGES]))
+    assert cached.source.misses == 4 and cached.source.hits == 4  # the second epoch read the cache
+    plain = AtomsDataModule(samples, split, batch_size=2)  # data.cache_pairs=false: the potential searches
+    assert keys.PAIRS not in next(iter(plain.train_dataloader()))

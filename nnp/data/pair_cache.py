@@ -86,7 +86,7 @@ class PairCachedDataset(Dataset):
     structures, ``keys.PAIR_IMAGES`` (P, 3). ``max_bytes`` bounds the cache.
     """
 
-    def __init__(self, dataset: Dataset, cutoff: float, max_bytes: int = 1 << 30):
+    def __init__(self, dataset: Dataset, cutoff: float, max_bytes: int = 256 << 20):
         self.dataset = dataset
         self.max_bytes = int(max_bytes)
         self.cutoff = float(cutoff)

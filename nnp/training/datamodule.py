@@ -20,7 +20,7 @@ class AtomsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         pair_cutoff: float | None = None,
-        pair_cache_bytes: int = 1 << 30,
+        pair_cache_bytes: int = 256 << 20,
     ):
         super().__init__()
         self.dataset = dataset
