@@ -135,10 +135,14 @@ def collate_pairs(samples, n_atoms: np.ndarray) -> dict[str, torch.Tensor]:
     ``{}`` unless every sample carries pairs (then the potential searches them itself)."""
     if not samples or not all(keys.PAIRS in s for s in samples):
         return {}
-    offsets = np.cumsum(n_atoms) - n_atoms
-    pairs = np.concatenate([s[keys.PAIRS].astype(np.int64) + o for s, o in zip(samples, offsets)], axis=1)
-    images = np.concatenate([
-        s[keys.PAIR_IMAGES].astype(np.int64) if keys.PAIR_IMAGES in s else np.zeros((s[keys.PAIRS].shape[1], 3), np.int64)
-        for s in samples
-    ])
+    counts = [s[keys.PAIRS].shape[1] for s in samples]
+    # one concatenation and one add (not one per sample): this replaces a ~2 ms search per batch
+    pairs = np.concatenate([s[keys.PAIRS] for s in samples], axis=1).astype(np.int64)
+    pairs += np.repeat(np.cumsum(n_atoms) - n_atoms, counts)
+    images = np.zeros((pairs.shape[1], 3), dtype=np.int64)
+    if any(keys.PAIR_IMAGES in s for s in samples):
+        ends = np.cumsum(counts)
+        for s, end, count in zip(samples, ends, counts):
+            if keys.PAIR_IMAGES in s:
+                images[end - count:end] = s[keys.PAIR_IMAGES]
     return {keys.PAIRS: torch.from_numpy(pairs), keys.PAIR_IMAGES: torch.from_numpy(images)}
