@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from conftest import error_line, nnp_cli
 
 from nnp import keys
 from nnp.data.collate import atoms_to_sample, collate
@@ -106,3 +107,10 @@ def test_datamodule_batches_carry_cached_pairs():
     assert cached.source.misses == 4 and cached.source.hits == 4  # the second epoch read the cache
     plain = AtomsDataModule(samples, split, batch_size=2)  # data.cache_pairs=false: the potential searches
     assert keys.PAIRS not in next(iter(plain.train_dataloader()))
+
+
+@pytest.mark.parametrize("override, item", [("data.pair_cache_mb=-1", "data.pair_cache_mb"), ("data.cache_pairs=maybe", "data.cache_pairs")])
+def test_bad_cache_settings_are_one_line(monkeypatch, capsys, tmp_path, override, item):
+    code, text = nnp_cli(monkeypatch, capsys, "train", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2 and item in error_line(text)
+    assert not (tmp_path / "run" / "model.pt").exists()
