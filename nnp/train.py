@@ -170,7 +170,9 @@ def _fit(cfg, dataset, split, model_cfg, loss_cfg, species, atomref, scale, dtyp
     with_terms = f", terms {', '.join(t.name for t in potential.terms)}" if len(potential.terms) else ""
     console.print(f"model: {model_cfg['name']}, {n_params:,} parameters{trainable}, cutoff {potential.cutoff} Å, {cfg.dtype}{with_terms}")
     module = PotentialModule(potential, loss_cfg, OmegaConf.to_container(cfg.optim, resolve=True))
-    datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0))
+    datamodule = AtomsDataModule(dataset, split, batch_size=data_cfg.get("batch_size", 32), num_workers=data_cfg.get("num_workers", 0),
+                                 pair_cutoff=potential.cutoff if data_cfg.get("cache_pairs", True) else None,
+                                 pair_cache_bytes=int(data_cfg.get("pair_cache_mb", 256) * 2**20))
     trainer = build_trainer(cfg, out_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

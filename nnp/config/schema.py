@@ -126,6 +126,8 @@ class DataConfig:
     split_file: str | None = setting(None)
     charge_key: str | None = setting(None, hint="each structure's total charge (e), for terms=[coulomb]; null: neutral")
     dipole_key: str | None = setting(None, hint="each structure's dipole (3,) e Å, for loss.dipole_weight")
+    cache_pairs: bool = setting(True, hint="training: each structure's neighbor pairs found once, kept across epochs")
+    pair_cache_mb: float = setting(256, ge=0, hint="MiB per process for cached pairs; structures beyond it are searched every step")
 
 
 # ===================================================================== model

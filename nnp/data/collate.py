@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from nnp import keys
+from nnp.data.pair_cache import collate_pairs
 
 Sample = dict[str, Any]
 
@@ -45,6 +46,8 @@ def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
         # (M, 3, 3) eV/Å^3; NaN for structures without a stress label (the loss leaves them out)
         nan = np.full((3, 3), np.nan)
         batch[keys.STRESS] = torch.from_numpy(np.stack([np.asarray(s.get(keys.STRESS, nan), dtype=np.float64) for s in samples]))
+    # neighbor pairs cached with the data (nnp.data.pair_cache): the potential uses them instead of searching
+    batch.update(collate_pairs(samples, n_atoms))
     return batch
 
 

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Subset
 
 from nnp.data.collate import collate
 from nnp.data.datasets import AtomsDataset
+from nnp.data.pair_cache import PairCachedDataset
 
 
 class AtomsDataModule(pl.LightningDataModule):
@@ -18,6 +19,8 @@ class AtomsDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
+        pair_cutoff: float | None = None,
+        pair_cache_bytes: int = 256 << 20,
     ):
         super().__init__()
         self.dataset = dataset
@@ -25,11 +28,14 @@ class AtomsDataModule(pl.LightningDataModule):
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
+        # pair_cutoff (Å, the model's): each structure's neighbor pairs found once and kept across
+        # epochs (nnp.data.pair_cache), instead of searched in every step; None: searched every step
+        self.source = dataset if pair_cutoff is None else PairCachedDataset(dataset, pair_cutoff, pair_cache_bytes)
 
     def _loader(self, part: str, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
             # numpy indices: a list of millions of Python ints would be copied into every worker
-            Subset(self.dataset, self.split[part]),
+            Subset(self.source, self.split[part]),
             batch_size=batch_size,
             shuffle=shuffle,
             collate_fn=collate,
