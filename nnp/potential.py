@@ -156,6 +156,15 @@ class Potential(nn.Module):
         # Not persistent: the file stores them as "atomref" (see to_dict).
         self.register_buffer("atomref64", torch.as_tensor(atomref, dtype=torch.float64).clone(), persistent=False)
 
+    @torch.jit.unused
+    def set_atomref(self, values) -> None:
+        """Replace the atom reference energies (eV, per species): the float64 copy used in the
+        energy sums and the buffer in the model's dtype."""
+        values = torch.as_tensor(values, dtype=torch.float64, device=self.atomref.device)
+        with torch.no_grad():
+            self.atomref64 = values.clone()
+            self.atomref.copy_(values.to(self.atomref.dtype))
+
     def _apply(self, fn, recurse=True):
         """``.to()``, ``.float()``, ``.cuda()``...: ``atomref64`` follows the device, never the dtype."""
         ref = self.atomref64
@@ -409,7 +418,7 @@ class Potential(nn.Module):
         pot = pot.to(getattr(torch, dtype))
         # built in the default dtype (float32): set the stored values again in the file's dtype,
         # or a float64 model would lose ~1e-4 eV of a -2000 eV reference energy on every load
-        pot.atomref.copy_(payload["atomref"].to(pot.atomref.dtype))
+        pot.set_atomref(payload["atomref"])
         pot.energy_scale.fill_(float(payload["energy_scale"]))
         return pot
 

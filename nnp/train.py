@@ -236,6 +236,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         )
         atomref, scale = starts[0][0].atomref.double().numpy(), float(starts[0][0].energy_scale)
         residual_rms, forces_rms = scale, None  # the base model's output scale is kept
+        scale_kind = "the base model's"
     else:
         atomref, residual_rms = fit_atomref(dataset, split["train"], species)
         scale_kind = str(cfg.get("energy_scale") or "residual_rms")

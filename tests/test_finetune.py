@@ -15,7 +15,7 @@ import torch
 from conftest import error_line, nnp_cli
 
 from nnp.committee import Committee, load_model
-from nnp.potential import Potential
+from nnp.potential import FORMAT_VERSION, Potential
 
 FAST = [
     "data=demo", "trainer=cpu", "trainer.max_epochs=1", "data.batch_size=16", "evaluate_test=false",
@@ -82,7 +82,7 @@ def test_finetune_freezes_refits_and_records_lineage(tmp_path, tiny_h5, monkeypa
     assert lineage["base_sha256"] == hashlib.sha256(base_path.read_bytes()).hexdigest()
     assert lineage["frozen"] == ["hidden"] and lineage["refit_atomref"] is True
     assert lineage["base"] == str(base_path.resolve()) and lineage["base_kind"] == "potential"
-    assert torch.load(run / "model.pt", weights_only=True)["version"] == 2  # format unchanged
+    assert torch.load(run / "model.pt", weights_only=True)["version"] == FORMAT_VERSION  # lineage needs no new format
 
 
 def test_committee_finetunes_each_member(tmp_path, tiny_h5, monkeypatch, capsys):

@@ -22,6 +22,7 @@ from conftest import REPO, error_line, nnp_cli
 from nnp.committee import Committee, load_model
 from nnp.data.collate import atoms_to_sample, collate
 from nnp.inference import run_batch
+from nnp.potential import FORMAT_VERSION
 from nnp.units import energy_factor
 
 DATA = REPO / "tests" / "data"
@@ -71,7 +72,7 @@ def test_import_matches_torchani(dtype, tmp_path, monkeypatch, capsys):
         assert (isinstance(model, Committee) and model.n_members == members) or (members == 1 and not isinstance(model, Committee))
         assert _compare(out, ref, kind, dtype) == (5 if kind == "ani1x" else 6)
         payload = torch.load(out, weights_only=True)
-        assert payload["version"] == 2
+        assert payload["version"] == FORMAT_VERSION
     ani2x = load_model(tmp_path / "ani2x.pt")
     assert ani2x.species == [1, 6, 7, 8, 9, 16, 17] and ani2x.cutoff == 5.1
     assert ani2x.model_config["angular_sections"] == 4 and ani2x.model_config["hidden_per_element"]["Cl"] == [6, 4, 3]

@@ -255,7 +255,7 @@ def to_potentials(
         pot.model.load_state_dict(state)
         pot = pot.to(dtype)
         # reference energies and scale set in dtype (built in float32, -2000 eV would lose 1e-4 eV)
-        pot.atomref.copy_(torch.tensor(atomref, dtype=torch.float64))
+        pot.set_atomref(atomref)
         pot.energy_scale.fill_(hartree)
         potentials.append(pot)
     return potentials

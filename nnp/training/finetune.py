@@ -261,6 +261,6 @@ def start_members(
         member = member.to(dtype)
         if refit:
             atomref, _ = refit_atomref(member, dataset, train, batch_size)
-            member.atomref.copy_(torch.as_tensor(atomref, dtype=dtype))
+            member.set_atomref(atomref)
         out.append((member, freeze(member, groups)))
     return out
