@@ -340,7 +340,7 @@ def _plot(rounds: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nnp.outputs import atomic_path
+    from nnp.outputs import save_figure
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
     test = [(x["labels"], x["test_forces_mae_eV_A"]) for x in rounds if x.get("test_forces_mae_eV_A") is not None]
@@ -361,10 +361,7 @@ def _plot(rounds: list[dict[str, Any]], path: Path) -> None:
     b.set_xlabel("round")
     b.set_ylabel("max_forces_std of MD frames (eV/Å)")
     b.set_title("committee disagreement")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _print_summary(state: State) -> None:

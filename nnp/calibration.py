@@ -286,13 +286,9 @@ def calibration_plot(panels: Mapping[str, tuple[Any, Any, str]], path: str | os.
     try:
         for ax, (name, (std, error, unit)) in zip(axes[0], panels.items()):
             _curve_panel(ax, str(name), std, error, unit)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        from nnp.outputs import atomic_path
-
-        # temp file in the same folder (pid in its name), renamed when complete
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    from nnp.outputs import save_figure
+
+    save_figure(fig, path, dpi=120, title=title)

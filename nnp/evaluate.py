@@ -24,7 +24,7 @@ from nnp.data.datasets import AtomsDataset
 from nnp.data.splits import load_split
 from nnp.errors import NNPError
 from nnp.inference import dataset_fetch, run_batches
-from nnp.outputs import atomic_path, check_writable
+from nnp.outputs import check_writable, save_figure
 from nnp.report import console, table, write_json
 from nnp.units import EV_A3_TO_GPA, EV_TO_KCAL_MOL
 
@@ -223,14 +223,7 @@ def parity_plot(samples: Mapping[str, Any], path: str | Path, title: str = "") -
     _parity_panel(axes[0, 0], x, y, "energy / atom − atom references (eV)", "energy", "meV/atom", size=4)
     if has_f:
         _parity_panel(axes[0, 1], samples["forces_ref"], samples["forces_pred"], "force component (eV/Å)", "forces", "meV/Å", size=2)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120, title=title)
 
 
 def _indices(cfg: DictConfig, ckpt: Path, dataset: AtomsDataset, metadata: Mapping[str, Any]) -> np.ndarray:

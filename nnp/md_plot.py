@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnp.outputs import atomic_path
+from nnp.outputs import save_figure
 
 
 def plot_log(rows: Sequence[Sequence[float]], columns: Sequence[str], path: str | Path, title: str = "",
@@ -48,11 +48,4 @@ def plot_log(rows: Sequence[Sequence[float]], columns: Sequence[str], path: str 
             ax.plot(t, data[:, col[panel]], lw=1.0, color="tab:purple")
             ax.set_ylabel("committee\nmax_forces_std (eV/Å)")
     axes[-1, 0].set_xlabel("time (ps)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100, title=title)

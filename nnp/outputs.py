@@ -197,3 +197,19 @@ __all__ = [
     "WRITE_ERRORS", "atomic_path", "atomic_write", "check_writable", "hdf5_writer", "temp_name", "write_bytes",
     "write_error_reason",
 ]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100, title: str = "") -> Path:
+    """Write matplotlib figure ``fig`` to ``path`` as a PNG, atomically (:func:`atomic_path`),
+    with ``title`` above its panels; the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
