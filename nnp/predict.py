@@ -7,8 +7,9 @@ Reads any format ASE reads, and the dataset HDF5 layout (ANI-1x: one group per
 formula, see :mod:`nnp.data.hdf5`); writes energy, forces (and stress for periodic
 cells, per-atom energies as ``energies``) with ASE's single-point calculator, or
 to an HDF5 file in the dataset layout (``output=*.h5``: each result a dataset with
-a ``unit`` attribute). extxyz goes through the ``extxyz`` package's C parser when
-it is installed (``pip install 'nnp[fastio]'``; ``fast_io=false``: ASE's).
+a ``unit`` attribute). extxyz is read with the ``extxyz`` package's C parser when
+it is installed (``pip install 'nnp[fastio]'``) and written by a bulk writer in ASE's
+layout (:mod:`nnp.data.fast_extxyz`); ``fast_io=false``: ASE's reader and writer.
 
 All structures are held as one flat block (:mod:`nnp.data.structure_block`):
 batches are slices of it and results stay flat arrays until a writer splits them.
@@ -71,7 +72,7 @@ def _read(inp: Path, potential, cfg: DictConfig, fast: bool):
         if index != ":":
             raise NNPError(f"index={index}: selecting structures works for ASE formats only, not for the HDF5 input {inp}")
         block = read_hdf5_block(path)
-    elif fast and index == ":" and fast_extxyz.is_extxyz(path):
+    elif fast and index == ":" and fast_extxyz.is_extxyz(path) and fast_extxyz.available():
         block = fast_extxyz.block_of(fast_extxyz.read_frames(path), path)
     else:
         frames = read_inputs(path, potential, float(cfg.min_distance), index)
@@ -83,30 +84,16 @@ def _read(inp: Path, potential, cfg: DictConfig, fast: bool):
 
 
 def _write(out: Path, fmt: str, block: StructureBlock, per_structure: dict, per_atom: dict, fast: bool) -> None:
-    """Results beside their structures: HDF5 (dataset layout), extxyz (C writer when installed) or any ASE format."""
+    """Results beside their structures: HDF5 (dataset layout), extxyz (the bulk writer unless ``fast_io=false``) or any ASE format."""
     if fmt == "hdf5":
         write_hdf5_results(out, block, per_structure, per_atom)
         return
-    if fast and fmt == "extxyz" and "atoms" not in block.source:  # ASE-read input keeps ASE's writer (all its info)
-        frames = block.source.get("frames") or _frames_of(block)
-        fast_extxyz.write_frames(out, frames, per_structure, per_atom, block.offsets)
+    if fast and fmt == "extxyz":
+        fast_extxyz.write_block(out, block, per_structure, per_atom)
         return
     import ase.io
 
     ase.io.write(out, _atoms_with_results(block, per_structure, per_atom), format=fmt)
-
-
-def _frames_of(block: StructureBlock) -> list:
-    """``extxyz.Frame`` s of a block read from HDF5."""
-    from ase.data import chemical_symbols
-    from extxyz import Frame
-
-    symbols = np.array(chemical_symbols)[block.numbers]
-    pos, sym = block.split(block.positions), block.split(symbols)
-    return [
-        Frame(natoms=int(n), cell=block.cell[m], pbc=block.pbc[m], info={}, arrays={"species": sym[m], "pos": pos[m]})
-        for m, n in enumerate(block.n_atoms)
-    ]
 
 
 def _atoms_with_results(block: StructureBlock, per_structure: dict, per_atom: dict) -> list:
@@ -149,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
         raise NNPError(f"{out}: output would overwrite the input file")
     check_writable(out, bool(cfg.get("overwrite", False)))  # before reading or predicting anything
     fmt = _output_format(out, cfg.get("format") or None)
-    fast = fast_extxyz.available() and bool(cfg.get("fast_io", True))
+    fast = bool(cfg.get("fast_io", True))
     potential = load_model(cfg.ckpt)
     if cfg.get("dtype"):
         potential = potential.to(getattr(torch, str(cfg.dtype)))

@@ -389,7 +389,7 @@ class PredictCommand:
     device: str = setting("cpu")
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     min_distance: float = setting(0.5, ge=0, hint="Å")
-    fast_io: bool = setting(True, hint="extxyz through the extxyz package's C parser when installed; false: ASE's")
+    fast_io: bool = setting(True, hint="extxyz: the extxyz package's C reader (when installed) and a bulk writer; false: ASE's")
 
 
 @dataclass

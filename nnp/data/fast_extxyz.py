@@ -1,9 +1,12 @@
-"""extxyz through the ``extxyz`` package's C parser (``pip install 'nnp[fastio]'``), when installed.
+"""extxyz without an ``ase.Atoms`` per structure: read with the ``extxyz`` package's C parser
+(``pip install 'nnp[fastio]'``; ASE's reader otherwise), written by a bulk writer here.
 
-Measured on 20,000 small CHNO molecules (benchmarks/predict_bench.py): reading
-several times faster than ``ase.io.read``, writing faster than ``ase.io.write``;
-the numbers and the ``info`` / ``arrays`` keys are the same as ASE's (tested in
-tests/test_predict_files.py). Without the package, callers use ASE.
+Measured on 20,000 small CHNO molecules (benchmarks/predict_bench.py, results in
+benchmarks/results/predict.json): reading and writing several times faster than
+``ase.io.read`` / ``ase.io.write``; the ``extxyz`` package's own writer measured no
+faster than ASE's (its per-frame conversion to C dicts dominates) and prints info
+floats with 8 decimals, so it is not used. Read back by ASE, the numbers and the
+``info`` / ``arrays`` keys are the same as ASE's (tests/test_predict_files.py).
 """
 
 from __future__ import annotations
@@ -78,26 +81,78 @@ def block_of(frames, path: str) -> StructureBlock:
     return StructureBlock(numbers, positions, n, cell, pbc, charge, source={"frames": frames, "path": path})
 
 
-def write_frames(path, frames, per_structure: dict[str, np.ndarray], per_atom: dict[str, np.ndarray], offsets: np.ndarray) -> None:
-    """Write ``frames`` with results added: per-structure values to ``info`` (stress as 3x3, as ASE writes it),
-    per-atom arrays (N, ...) to ``arrays`` as views of the flat results."""
-    import extxyz
+#: extxyz column formats, as ASE writes them (ase.io.extxyz.output_column_format)
+_COLUMN = {"f": ("R", "%16.8f"), "i": ("I", "%8d"), "u": ("I", "%8d"), "U": ("S", "%-2s"), "S": ("S", "%s"), "b": ("L", " %.1s")}
 
-    cuts = offsets[1:-1]
-    split = {k: np.split(v, cuts) for k, v in per_atom.items()}
-    # info values as text: the C writer prints floats with 8 decimals, ASE with all 17 digits (and a
-    # stress or dipole as one quoted list of numbers, which is what ASE's reader expects)
-    text, periodic = {}, {}
-    for k, v in per_structure.items():
-        if v.ndim == 1:
-            text[k] = list(map(repr, v.tolist()))
-        else:
-            text[k] = [" ".join(map(repr, row)) for row in v.reshape(len(v), -1).tolist()]
-            periodic[k] = np.isfinite(v.reshape(len(v), -1)).all(axis=1)  # stress: periodic structures only
-    for m, f in enumerate(frames):
-        for k, v in text.items():
-            if k not in periodic or periodic[k][m]:
-                f.info[k] = v[m]
-        for k, v in split.items():
-            f.arrays[k] = v[m]
-    extxyz.write_dicts(str(path), frames)
+
+def write_block(path, block: StructureBlock, per_structure: dict[str, np.ndarray], per_atom: dict[str, np.ndarray]) -> None:
+    """Write a block's structures with flat results as extxyz in the layout ``ase.io.write`` uses.
+
+    The comment line of each structure carries the input's own ``info`` (from ``block.source``:
+    extxyz frames or ASE Atoms; calculator properties of the input are replaced by the results)
+    and the per-structure results; the atom lines hold species, positions, the input's other
+    per-atom arrays and the per-atom results. All atom lines of a structure are one ``%``
+    operation on a flat list made once for the whole file (no per-atom Python), which is what
+    makes this faster than ``ase.io.write`` and the ``extxyz`` package's writer (measured in
+    benchmarks/predict_bench.py; read back by ASE, the numbers and keys are the same as ASE's).
+    """
+    from ase.calculators.calculator import all_properties
+    from ase.data import chemical_symbols
+    from ase.io.extxyz import key_val_dict_to_str
+
+    m = len(block)
+    infos, arrays = _input_extras(block, set(all_properties) | set(per_structure) | set(per_atom))
+    columns: list[tuple[str, np.ndarray]] = [("species", np.array(chemical_symbols)[block.numbers]), ("pos", block.positions)]
+    columns += [(k, v) for k, v in arrays.items()] + list(per_atom.items())
+    props, fmts, flat_cols = [], [], []
+    for name, value in columns:
+        value = value.reshape(len(value), -1)
+        ptype, fmt = _COLUMN[value.dtype.kind]
+        props.append(f"{name}:{ptype}:{value.shape[1]}")
+        fmts += [fmt] * value.shape[1]
+        flat_cols.append(value.astype(object) if value.dtype.kind != "b" else np.where(value, "T", "F").astype(object))
+    line = " ".join(fmts) + "\n"
+    values = np.concatenate(flat_cols, axis=1).ravel().tolist()
+    ncol = len(fmts)
+    properties = "Properties=" + ":".join(props)
+    scalars = {k: v.tolist() for k, v in per_structure.items() if v.ndim == 1}
+    vectors = {k: v for k, v in per_structure.items() if v.ndim > 1}
+    if "stress" in vectors:  # symmetric, as ASE keeps it (Voigt 6: the mean of each off-diagonal pair)
+        vectors["stress"] = (vectors["stress"] + vectors["stress"].swapaxes(1, 2)) / 2
+    lattice = [" ".join(str(x) for x in c.T.reshape(9, order="F").tolist()) for c in block.cell] if block.cell.any() else None
+    pbc_text = {(a, b, c): f'pbc="{"T" if a else "F"} {"T" if b else "F"} {"T" if c else "F"}"' for a in (0, 1) for b in (0, 1) for c in (0, 1)}
+    templates: dict[int, str] = {}
+    with open(path, "w") as fh:
+        for k in range(m):
+            n = int(block.n_atoms[k])
+            head = [f'Lattice="{lattice[k]}" ' + properties if lattice is not None and block.cell[k].any() else properties]
+            if infos and infos[k]:
+                head.append(key_val_dict_to_str(infos[k]))
+            head += [f"{key}={v[k]}" for key, v in scalars.items()]
+            extra = {key: v[k] for key, v in vectors.items() if np.isfinite(v[k]).all()}  # stress: periodic only
+            if extra:
+                head.append(key_val_dict_to_str(extra))
+            head.append(pbc_text[tuple(int(x) for x in block.pbc[k])])
+            template = templates.get(n) or templates.setdefault(n, line * n)
+            a, b = int(block.offsets[k]) * ncol, int(block.offsets[k + 1]) * ncol
+            fh.write(f"{n}\n{' '.join(head)}\n")
+            fh.write(template % tuple(values[a:b]))
+
+
+def _input_extras(block: StructureBlock, replaced: set[str]) -> tuple[list[dict] | None, dict[str, np.ndarray]]:
+    """The input's per-structure ``info`` dicts and its other per-atom arrays (flat, (N, ...)), without
+    species, positions and the keys the results replace; arrays only where every structure has them."""
+    frames = block.source.get("frames")
+    atoms = block.source.get("atoms")
+    if frames is not None:
+        infos = [{k: v for k, v in f.info.items() if k not in replaced} for f in frames]
+        per = [f.arrays for f in frames]
+    elif atoms is not None:
+        infos = [{k: v for k, v in a.info.items() if k not in replaced} for a in atoms]
+        per = [a.arrays for a in atoms]
+    else:
+        return None, {}
+    skip = replaced | {"species", "pos", "Z", "numbers", "positions"}
+    names = [k for k in per[0] if k not in skip and all(k in p for p in per)]
+    arrays = {k: np.concatenate([np.asarray(p[k]) for p in per]) for k in names}
+    return infos, {k: v for k, v in arrays.items() if v.dtype.kind in _COLUMN}
