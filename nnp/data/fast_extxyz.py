@@ -77,7 +77,7 @@ def block_of(frames, path: str) -> StructureBlock:
         check_cell(cell[k], pbc[k], f"{path}: structure {k}")
     charge = None
     if any("charge" in f.info for f in frames):
-        charge = np.array([total_charge(f.info.get("charge", 0.0), f"structure {k}: info 'charge'") for k, f in enumerate(frames)])
+        charge = np.array([total_charge(f.info.get("charge", 0.0), f"structure {k}: atoms.info['charge']") for k, f in enumerate(frames)])
     return StructureBlock(numbers, positions, n, cell, pbc, charge, source={"frames": frames, "path": path})
 
 
