@@ -140,3 +140,20 @@ def test_bad_hdf5_input_is_one_line(name, needle, chno, tmp_path, monkeypatch, c
     assert code == 2
     assert needle in error_line(text)
     assert not out.exists()
+
+
+def test_hdf5_output_permutes_atoms_to_the_group_order(chno, tmp_path, monkeypatch, capsys):
+    """Two orderings of one formula go into one group, in the first one's atom order, with the same numbers."""
+    from ase.build import molecule
+
+    a = molecule("CH3OH")
+    b = a[[2, 3, 0, 1, 4, 5]]  # the same molecule, elements reordered (hydrogens in the same order)
+    ase.io.write(tmp_path / "in.extxyz", [a, b])
+    _predict(monkeypatch, capsys, chno / "model.pt", tmp_path / "in.extxyz", tmp_path / "out.h5")
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        g = f["C1H4O1"]
+        np.testing.assert_array_equal(g["atomic_numbers"][()], a.numbers)
+        np.testing.assert_allclose(g["coordinates"][1], g["coordinates"][0])
+        np.testing.assert_allclose(g["forces"][1], g["forces"][0], atol=1e-5)
+        assert g["energy"][1] == pytest.approx(g["energy"][0], abs=1e-6)
+        np.testing.assert_array_equal(g["index"][()], [0, 1])

@@ -176,7 +176,8 @@ def write_hdf5_results(path, block: StructureBlock, per_structure: dict[str, np.
     """Write structures and flat results (``per_structure`` (M, ...), ``per_atom`` (N, ...)) in the dataset layout.
 
     HDF5 input keeps its groups (same names and row order); other input is grouped by formula
-    (:func:`nnp.data.writer.formula_key`), structures in input order, with ``index`` (the input position).
+    (:func:`nnp.data.writer.formula_key`), structures in input order, with ``index`` (the input position);
+    a row whose atoms come in another order than the group's first row is permuted to that order.
     Every result dataset carries a ``unit`` attribute; the file carries ``energy_unit`` / ``length_unit``.
     """
     import h5py
@@ -200,8 +201,14 @@ def write_hdf5_results(path, block: StructureBlock, per_structure: dict[str, np.
         for name, rows in plan:
             g = f.require_group(name) if name else f
             n_at = int(block.n_atoms[rows[0]])
-            atoms = (block.offsets[rows][:, None] + np.arange(n_at)).reshape(-1)  # rows' atoms, row by row
-            g["atomic_numbers"] = block.numbers[atoms[:n_at]].astype(np.uint8)
+            atoms = block.offsets[rows][:, None] + np.arange(n_at)  # (rows, n_at): each row's atoms
+            z = block.numbers[atoms]
+            # one atom order per group (the first row's): other rows of the formula are permuted to it,
+            # atoms of one element keeping their order (as nnp.data.writer appends rows)
+            perm = np.empty_like(atoms)
+            perm[:, np.argsort(z[0], kind="stable")] = np.argsort(z, axis=1, kind="stable")
+            atoms = np.take_along_axis(atoms, perm, axis=1).reshape(-1)
+            g["atomic_numbers"] = z[0].astype(np.uint8)
             g["coordinates"] = block.positions[atoms].reshape(len(rows), n_at, 3)
             if not groups:
                 g["index"] = rows
