@@ -119,24 +119,29 @@ def write_block(path, block: StructureBlock, per_structure: dict[str, np.ndarray
     vectors = {k: v for k, v in per_structure.items() if v.ndim > 1}
     if "stress" in vectors:  # symmetric, as ASE keeps it (Voigt 6: the mean of each off-diagonal pair)
         vectors["stress"] = (vectors["stress"] + vectors["stress"].swapaxes(1, 2)) / 2
-    lattice = [" ".join(str(x) for x in c.T.reshape(9, order="F").tolist()) for c in block.cell] if block.cell.any() else None
+    # the comment line's per-structure parts, made for all structures at once where possible
+    has_cell = block.cell.reshape(m, 9).any(axis=1).tolist()
+    first = [f'Lattice="{" ".join(map(str, c.T.reshape(9, order="F").tolist()))}" {properties}' if has else properties
+             for c, has in zip(block.cell, has_cell)]
     pbc_text = {(a, b, c): f'pbc="{"T" if a else "F"} {"T" if b else "F"} {"T" if c else "F"}"' for a in (0, 1) for b in (0, 1) for c in (0, 1)}
+    pbc = [pbc_text[tuple(p)] for p in block.pbc.astype(int).tolist()]
+    finite = {k: np.isfinite(v.reshape(m, -1)).all(axis=1).tolist() for k, v in vectors.items()}  # stress: periodic only
+    n_atoms, offsets = block.n_atoms.tolist(), (block.offsets * ncol).tolist()
     templates: dict[int, str] = {}
     with open(path, "w") as fh:
         for k in range(m):
-            n = int(block.n_atoms[k])
-            head = [f'Lattice="{lattice[k]}" ' + properties if lattice is not None and block.cell[k].any() else properties]
+            n = n_atoms[k]
+            head = [first[k]]
             if infos and infos[k]:
                 head.append(key_val_dict_to_str(infos[k]))
             head += [f"{key}={v[k]}" for key, v in scalars.items()]
-            extra = {key: v[k] for key, v in vectors.items() if np.isfinite(v[k]).all()}  # stress: periodic only
+            extra = {key: v[k] for key, v in vectors.items() if finite[key][k]}
             if extra:
                 head.append(key_val_dict_to_str(extra))
-            head.append(pbc_text[tuple(int(x) for x in block.pbc[k])])
+            head.append(pbc[k])
             template = templates.get(n) or templates.setdefault(n, line * n)
-            a, b = int(block.offsets[k]) * ncol, int(block.offsets[k + 1]) * ncol
             fh.write(f"{n}\n{' '.join(head)}\n")
-            fh.write(template % tuple(values[a:b]))
+            fh.write(template % tuple(values[offsets[k]:offsets[k + 1]]))
 
 
 def _input_extras(block: StructureBlock, replaced: set[str]) -> tuple[list[dict] | None, dict[str, np.ndarray]]:
