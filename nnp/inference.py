@@ -9,7 +9,6 @@ in once and every consumer gets it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +79,8 @@ def run_batches(
     """Yield ``(batch, outputs)`` for items ``0..n-1`` in batches (a rich progress bar with label ``progress``).
 
     ``fetch(indices)`` returns the samples (see :mod:`nnp.data.collate`) of those
-    items: a dataset's batched read, or structures converted on the fly.
+    items: a dataset's batched read, or structures converted on the fly; or the
+    collated batch itself (a slice of a :class:`nnp.data.structure_block.StructureBlock`).
     ``forces=None`` computes forces when the batch has force labels.
     """
     from rich.progress import (
@@ -101,7 +101,8 @@ def run_batches(
         task = bar.add_task("run", total=n)
         for start in range(0, n, batch_size):
             idx = list(range(start, min(start + batch_size, n)))
-            batch = collate(fetch(idx))
+            batch = fetch(idx)
+            batch = batch if isinstance(batch, dict) else collate(batch)
             want_forces = (keys.FORCES in batch) if forces is None else forces
             yield batch, run_batch(model, batch, device, forces=want_forces)
             bar.advance(task, len(idx))
@@ -118,36 +119,34 @@ def dataset_fetch(dataset, indices: np.ndarray) -> Callable[[Sequence[int]], lis
     return fetch
 
 
-def per_structure(batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """Split a batch's outputs into one dict of numpy arrays (float64) per structure.
+#: Outputs per atom (N, ...) -> result name; everything else is per structure (M, ...).
+_PER_ATOM = {keys.FORCES: "forces", keys.ATOMIC_ENERGY: "energies", keys.FORCES_STD: "forces_std", keys.CHARGES: "charges",
+             keys.CHARGES_STD: "charges_std"}
+_PER_STRUCTURE = {keys.ENERGY: "energy", keys.STRESS: "stress", keys.ENERGY_STD: "energy_std",
+                  keys.MAX_FORCES_STD: "max_forces_std", keys.DIPOLE: "dipole"}
 
-    Keys: energy (eV), forces (n, 3) eV/Å, energies (n,) eV per atom, stress (3, 3)
-    eV/Å^3 where periodic; with a committee also energy_std (eV), forces_std (n,)
-    eV/Å and max_forces_std (eV/Å); with terms (:mod:`nnp.terms`) energy_<term> (eV,
-    each term's share of energy), and with coulomb charges (n,) e and dipole (3,) e Å (a committee:
-    the members' means, and charges_std (n,) e).
+
+def run_block(model: torch.nn.Module, block, batch_size: int = 64, device: str = "cpu", progress: str | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Energies and forces of every structure of a :class:`~nnp.data.structure_block.StructureBlock`.
+
+    Returns ``(per_structure, per_atom)``: flat float64 arrays. Per structure: energy (M,) eV,
+    stress (M, 3, 3) eV/Å^3 (NaN where not periodic); with a committee energy_std (eV) and
+    max_forces_std (eV/Å); with terms (:mod:`nnp.terms`) energy_<term> (eV, each term's share);
+    with coulomb dipole (M, 3) e Å. Per atom: forces (N, 3) eV/Å, energies (N,) eV; with a
+    committee forces_std (N,) eV/Å; with coulomb charges (N,) e. Batches are slices of the
+    block and outputs are concatenated once at the end: no per-structure Python in the loop.
     """
-    n = batch[keys.N_ATOMS].tolist()
-    split: dict[str, Sequence[torch.Tensor]] = {}
-    for key, name in ((keys.FORCES, "forces"), (keys.ATOMIC_ENERGY, "energies"), (keys.FORCES_STD, "forces_std"), (keys.CHARGES, "charges"),
-                      (keys.CHARGES_STD, "charges_std")):
-        if key in out:
-            split[name] = torch.split(out[key].double(), n)
-    periodic = batch[keys.PBC].all(-1).tolist()
-    results = []
-    for m in range(len(n)):
-        r: dict[str, Any] = {"energy": float(out[keys.ENERGY][m])}
-        for name, parts in split.items():
-            r[name] = parts[m].numpy()
-        if keys.STRESS in out and periodic[m]:
-            r["stress"] = out[keys.STRESS][m].double().numpy()
-        for key in (keys.ENERGY_STD, keys.MAX_FORCES_STD):
-            if key in out:
-                r[key] = float(out[key][m])
-        if keys.DIPOLE in out:
-            r["dipole"] = out[keys.DIPOLE][m].double().numpy()
-        for key in out:
-            if key.startswith(keys.TERM_ENERGY):  # "energy_zbl": one term's share (eV)
-                r["energy_" + key[len(keys.TERM_ENERGY):]] = float(out[key][m])
-        results.append(r)
-    return results
+    outs: list[dict[str, torch.Tensor]] = []
+    for _, out in run_batches(model, lambda idx: block.batch(idx[0], idx[-1] + 1), len(block), batch_size, device, forces=True, progress=progress):
+        outs.append(out)
+    names = {**_PER_STRUCTURE, **_PER_ATOM}
+    for key in outs[0]:
+        if key.startswith(keys.TERM_ENERGY):  # "energy_zbl": one term's share (eV)
+            names[key] = "energy_" + key[len(keys.TERM_ENERGY):]
+    if any(keys.STRESS in o for o in outs) and not all(keys.STRESS in o for o in outs):  # only batches with a periodic structure
+        for o in outs:
+            o.setdefault(keys.STRESS, torch.full((len(o[keys.ENERGY]), 3, 3), float("nan")))
+    flat = {names[k]: torch.cat([o[k] for o in outs]).double().numpy() for k in outs[0] if k in names}
+    per_atom = {k: v for k, v in flat.items() if k in _PER_ATOM.values()}
+    return {k: v for k, v in flat.items() if k not in per_atom}, per_atom

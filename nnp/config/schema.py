@@ -385,12 +385,13 @@ class PredictCommand:
     input: str = setting(None, required="input=structures.extxyz")
     output: str = setting("predicted.extxyz")
     overwrite: bool = setting(False)
-    format: str | None = setting(None, hint="an ASE format; null: from the file extension")
+    format: str | None = setting(None, hint="an ASE format or hdf5; null: from the file extension")
     index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
     batch_size: int = setting(64, ge=1)
     device: str = setting("cpu")
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     min_distance: float = setting(0.5, ge=0, hint="Å")
+    fast_io: bool = setting(True, hint="extxyz: the extxyz package's C reader (when installed) and a bulk writer; false: ASE's")
 
 
 @dataclass
