@@ -5,6 +5,7 @@
   triclinic copper cell and a molecule; a module written by the shipping torch (NNP_OPENMM_EXPORTED,
   made by ``make test-openmm`` with the main environment) loads and agrees too;
 - ``nnp md md.engine=openmm`` NVE follows ``md.engine=ase``'s trajectory and conserves energy, NVT Langevin runs,
+  NPT (Monte Carlo barostat) moves a compressed and an expanded cell's volume the way its pressure pushes,
   and keys OpenMM cannot honour are one line.
 """
 
@@ -102,3 +103,32 @@ def test_openmm_nvt_langevin_and_refused_keys(tmp_path):
                          (("md.ensemble=nvt", "md.thermostat=berendsen"), "md.thermostat=berendsen is not available in openmm")):
         with pytest.raises(NNPError, match=needle):
             run_md(tmp_path, atoms, model, "refused", "md.engine=openmm", "overwrite=true", *keys)
+
+
+
+@pytest.mark.parametrize("target_bar", [1.0, 30000.0])
+def test_openmm_npt_moves_the_volume_the_way_the_pressure_pushes(tmp_path, target_bar):
+    """md.barostat=montecarlo (OpenMM's MonteCarloBarostat): a cell whose pressure (the model's
+    virial plus the kinetic term at the starting temperature) is above the target grows, one
+    below it shrinks. A weakly interacting model (energy_scale 0.5) keeps the pressure near the
+    kinetic ~7 kbar at 600 K, between the two targets, and the atoms apart without a trained repulsion."""
+    from ase import units
+
+    from nnp.potential import Potential
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = Potential.build({"name": "schnet", "n_features": 16, "n_interactions": 2, "n_rbf": 12, "cutoff": 4.5},
+                            [29], atomref=[-3.5], energy_scale=0.5).double()
+    atoms = cu_cell()
+    atoms.calc = NNPCalculator(model)
+    temperature = 600.0
+    pressure = -np.trace(atoms.get_stress(voigt=False)) / 3 + len(atoms) * units.kB * temperature / atoms.get_volume()
+    push = pressure / units.bar - target_bar
+    assert abs(push) > 3000.0  # far from the target: the direction is not noise
+    out, summary, _ = run_md(tmp_path, atoms, model, f"npt{int(target_bar)}", "md.engine=openmm", "md.ensemble=npt",
+                             "md.barostat=montecarlo", f"md.pressure_bar={target_bar}", "md.steps=300",
+                             f"md.temperature_K={temperature}", "md.min_distance=0.1")
+    assert summary["engine"] == "openmm" and summary["steps_done"] == 300
+    change = out.get_volume() / atoms.get_volume() - 1.0
+    assert np.sign(change) == np.sign(push) and abs(change) > 1e-3, (pressure / units.bar, change)
