@@ -126,6 +126,9 @@ def _quiet_lightning(level: str = "WARNING") -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # on a machine with Slurm installed (a login node), Lightning hints at srun for every run;
+    # nnp's job scripts (slurm/) use srun where it matters
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
 
 
 def _task_overrides() -> list[str]:
