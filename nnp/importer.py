@@ -5,16 +5,36 @@
 The result is an ordinary nnp model file (a committee file for an ensemble), usable
 everywhere a model is taken: ``predict``, ``evaluate``, ``md``, ``export``,
 committees and ``nnp train finetune.from=``. Formats are named choices of
-:data:`nnp.registry.IMPORTERS` (:mod:`nnp.interop`).
+:data:`IMPORTERS` below (converters in :mod:`nnp.interop`; the registry lives with
+this command so that :mod:`nnp.registry`, which the model layers import, never imports them back).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from nnp.errors import NNPError
+from nnp.registry import Registry
 from nnp.report import console
+
+# builder(path, options) -> a Potential or Committee; options: the checked ``nnp import`` options
+IMPORTERS = Registry("model format", "nnp import")
+
+
+@IMPORTERS.register("torchani")
+def _torchani(path, options: Mapping[str, Any]):
+    import torch
+
+    from nnp.interop.torchani import convert
+
+    return convert(
+        path, elements=options.get("elements"), activation=options.get("activation") or "celu",
+        radial_cutoff=options.get("radial_cutoff"), angular_cutoff=options.get("angular_cutoff"),
+        dtype=getattr(torch, options.get("dtype") or "float32"),
+    )
 
 USAGE = """usage: nnp import FORMAT FILE output=OUT.pt [overwrite=true] [dtype=float32|float64] [...]
 
@@ -34,7 +54,6 @@ options:
 def main(argv: list[str] | None = None) -> int:
     from nnp.config.options import ImportOptions, parse_options
     from nnp.outputs import check_writable
-    from nnp.registry import IMPORTERS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or any(a in ("-h", "--help", "help") for a in argv):

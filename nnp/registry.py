@@ -177,23 +177,6 @@ def _lammps_engine():
     return LammpsDynamics
 
 
-# ------------------------------------------------------------ model imports
-# builder(path, options) -> a Potential or Committee; options: the checked ``nnp import`` options
-
-IMPORTERS = Registry("model format", "nnp import")
-
-
-@IMPORTERS.register("torchani")
-def _torchani(path, options: Mapping[str, Any]):
-    import torch
-
-    from nnp.interop.torchani import convert
-
-    return convert(
-        path, elements=options.get("elements"), activation=options.get("activation") or "celu",
-        radial_cutoff=options.get("radial_cutoff"), angular_cutoff=options.get("angular_cutoff"),
-        dtype=getattr(torch, options.get("dtype") or "float32"),
-    )
 # ------------------------------------------------------- MD thermostats, barostats
 # ASE integrators by the names ``md.thermostat`` and ``md.barostat`` take (every engine
 # maps the same names to its own). builder(atoms, md, timestep) -> an ASE MolecularDynamics;

@@ -2,7 +2,7 @@
 
 A round's structures are cut into chunks of ``labeler.slurm.structures_per_task``;
 each chunk is one task of a job array (``executor.map_array``). A task labels
-its structures one after another with :func:`nnp.labeling.run.label_one` and
+its structures one after another with :func:`nnp.labeling.labels.label_one` and
 appends each label, as it arrives, to its own journal file in the round's
 journal folder (``<journal>.tasks/task-<first index>.jsonl``, same format as the
 main journal). The command waits, collects each task when it ends, and writes
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nnp.errors import NNPError
-from nnp.labeling.run import Label, _Journal, label_one, read_journal
+from nnp.labeling.labels import Label, _Journal, label_one, read_journal
 
 INSTALL = "labeler.executor=slurm needs submitit: pip install 'nnp[slurm]'"
 

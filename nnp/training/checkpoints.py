@@ -22,6 +22,7 @@ from typing import Any
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Callback
 
+from nnp.errors import NNPError
 from nnp.outputs import atomic_path
 
 #: The checkpoint every epoch ends with, and the previous one, kept as a fallback.
@@ -131,7 +132,10 @@ def checkpoint_position(path: str | os.PathLike) -> tuple[int, int]:
     """(epoch, global step) stored in a Lightning checkpoint (memory-mapped: the weights are not read)."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    try:  # tensors and plain containers only: nothing in a checkpoint file is executed
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 (torch raises several types for a foreign pickle)
+        raise NNPError(f"{path}: not a checkpoint nnp can read safely ({str(err).splitlines()[0]})") from None
     return int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
 
 
