@@ -47,18 +47,10 @@ from torch import nn
 
 from nnp import keys
 from nnp.errors import NNPError
+from nnp.model_file import FORMAT, FORMAT_VERSION, plain, read_model_file, short_repr
+from nnp.model_inputs import pair_inputs, species_lookup
 from nnp.nn import scatter_max
-from nnp.potential import (
-    FORMAT,
-    FORMAT_VERSION,
-    Potential,
-    _plain,
-    pair_inputs,
-    read_model_file,
-    short_repr,
-    species_lookup,
-    stress_from_strain_gradient,
-)
+from nnp.potential import Potential, stress_from_strain_gradient
 
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}
 
@@ -323,8 +315,8 @@ class Committee(nn.Module):
             "dtype": str(first.atomref.dtype).replace("torch.", ""),
             "members": [m.to_dict(getattr(m, "metadata", {})) for m in self.members],
             "sources": list(self.sources),
-            "calibration": _plain(self.calibration),
-            "metadata": _plain(self.metadata),
+            "calibration": plain(self.calibration),
+            "metadata": plain(self.metadata),
         }
 
     def save(self, path: str | os.PathLike) -> None:

@@ -34,8 +34,9 @@ import torch
 
 from nnp import keys
 from nnp.errors import NNPError
+from nnp.model_file import plain
 from nnp.outputs import check_writable, write_bytes
-from nnp.potential import Potential, _plain
+from nnp.potential import Potential
 from nnp.report import console
 from nnp.terms import check_scriptable
 
@@ -71,7 +72,7 @@ def export_potential(
         "format": EXPORT_FORMAT,
         "species": list(potential.species),
         "cutoff": potential.cutoff,
-        "model_config": _plain(potential.model_config),
+        "model_config": plain(potential.model_config),
         "dtype": str(potential.atomref.dtype).replace("torch.", ""),
         "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"},
         "inputs": [keys.Z, keys.R, keys.IDX_M, keys.N_ATOMS, keys.CELL, keys.PBC],
@@ -80,7 +81,7 @@ def export_potential(
         # forces_std and max_forces_std (calibration factors included)
         "kind": "committee" if hasattr(potential, "n_members") else "potential",
         "n_members": int(getattr(potential, "n_members", 1)),
-        "calibration": _plain(getattr(potential, "calibration", None)),
+        "calibration": plain(getattr(potential, "calibration", None)),
     }
     buffer = io.BytesIO()  # in memory first: a disk error is then an OSError naming the file
     torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(info, default=str)})

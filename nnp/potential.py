@@ -6,17 +6,17 @@ This is the one place where energies become forces (and stress), by autograd:
     F_i   = -dE/dR_i                                               eV/Å
     sigma = (1/V) dE/d(strain)                                     eV/Å^3
 
-Saved models are a plain dict of tensors and built-in types (see :func:`save`),
-loadable with ``torch.load(weights_only=True)`` and rebuilt from their stored
-architecture config: no pickled classes, no training config needed.
+Saved models are a plain dict of tensors and built-in types (see :meth:`Potential.save`;
+the format and its checks: :mod:`nnp.model_file`), loadable with
+``torch.load(weights_only=True)`` and rebuilt from their stored architecture
+config: no pickled classes, no training config needed. Neighbor pairs and
+model inputs: :mod:`nnp.model_inputs`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -24,20 +24,20 @@ from torch import nn
 
 from nnp import keys
 from nnp.errors import NNPError
+from nnp.model_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    POTENTIAL_ENTRIES,
+    check_entries,
+    first_line,
+    plain,
+    read_model_file,
+    short_repr,
+)
+from nnp.model_inputs import pair_inputs, species_lookup
 from nnp.models import AtomisticModel, build_model
-from nnp.neighbors import Neighbors, neighbor_list
 from nnp.nn import scatter_sum
 from nnp.terms import EnergyTerm, build_terms
-
-FORMAT = "nnp.potential"
-#: Model file format versions (every change to the file bumps it; tests/data keeps
-#: one file of each earlier version and loads it):
-#: 1  single potential
-#: 2  ``kind`` ("potential" | "committee"); committee files hold ``members`` (a list
-#:    of version-2 potential dicts) and ``calibration`` (std scale factors)
-#: 3  ``terms``: energy terms (:mod:`nnp.terms`), name -> settings (plain values), and
-#:    ``terms_state_dict``: their weights (the coulomb charge head); both empty without terms
-FORMAT_VERSION = 3
 
 
 def stress_from_strain_gradient(grad: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
@@ -50,76 +50,6 @@ def stress_from_strain_gradient(grad: torch.Tensor, cell: torch.Tensor) -> torch
     safe = torch.where(volume > 0, volume, torch.ones_like(volume))
     stress = grad / safe[:, None, None]
     return torch.where((volume > 0)[:, None, None], stress, torch.full_like(stress, float("nan")))
-
-
-def pair_inputs(
-    batch: Dict[str, torch.Tensor],
-    species: torch.Tensor,
-    cutoff: float,
-    compute_forces: bool,
-    compute_stress: bool,
-) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Neighbor pairs and the model inputs of a batch (grad mode already on).
-
-    Returns ``(inputs, positions, strain)``: the model inputs (see
-    :class:`~nnp.models.AtomisticModel`), the (N, 3) positions leaf that forces
-    differentiate against, and the (M, 3, 3) strain leaf for stress (zeros, not
-    requiring grad, without stress). A committee calls this once and feeds the
-    same inputs to every member.
-    """
-    positions = batch[keys.R]
-    idx_m = batch[keys.IDX_M]
-    n_atoms = batch[keys.N_ATOMS]
-    cell = batch[keys.CELL].to(positions.dtype)
-    pbc = batch[keys.PBC]
-    if keys.PAIRS in batch:  # neighbors come with the batch (a skin list reused between MD steps)
-        nbrs = Neighbors(batch[keys.PAIRS], batch[keys.PAIR_IMAGES])
-    else:
-        nbrs = neighbor_list(positions, idx_m, n_atoms, cell, pbc, cutoff)
-    if (compute_forces or compute_stress) and not positions.requires_grad:
-        positions = positions.detach().requires_grad_(True)
-    unstrained = positions
-    strain = torch.zeros_like(cell)
-    if compute_stress:
-        # Differentiate with respect to a homogeneous strain of atoms and cell.
-        strain.requires_grad_(True)
-        positions = positions + torch.einsum("ni,nij->nj", positions, strain[idx_m])
-        cell = cell + torch.matmul(cell, strain)
-    i, j = nbrs.pairs[0], nbrs.pairs[1]
-    vectors = positions[j] - positions[i]
-    if bool(pbc.any()):  # images are all zero without periodic cells: skip (P, 3, 3) work
-        vectors = vectors + torch.einsum("pk,pkl->pl", nbrs.images.to(positions.dtype), cell[idx_m[i]])
-    inputs = {
-        keys.SPECIES: species,
-        keys.PAIRS: nbrs.pairs,
-        keys.PAIR_VECTORS: vectors,
-        keys.PAIR_DISTANCES: torch.linalg.norm(vectors, dim=-1),
-        keys.IDX_M: idx_m,
-        keys.N_ATOMS: n_atoms,
-        # what energy terms (nnp.terms) read besides the pairs: the strained geometry
-        keys.Z: batch[keys.Z],
-        keys.R: positions,
-        keys.CELL: cell,
-        keys.PBC: pbc,
-    }
-    if keys.TOTAL_CHARGE in batch:
-        inputs[keys.TOTAL_CHARGE] = batch[keys.TOTAL_CHARGE]
-    return inputs, unstrained, strain
-
-
-def species_lookup(table: torch.Tensor, atomic_numbers: torch.Tensor) -> torch.Tensor:
-    """Atomic numbers (N,) -> species indices (N,) through ``table`` (119,), -1 = unknown.
-
-    The TorchScript path (plain RuntimeErrors); eager code raises NNPError
-    naming the elements through :meth:`Potential.species_of`.
-    """
-    z = atomic_numbers.to(table.device)
-    if bool(((z < 1) | (z > 118)).any()):
-        raise RuntimeError("atomic numbers out of range 1..118")
-    s = table[z]
-    if bool((s < 0).any()):
-        raise RuntimeError("element not known to this model")
-    return s
 
 
 class Potential(nn.Module):
@@ -359,7 +289,7 @@ class Potential(nn.Module):
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "kind": "potential",
-            "model_config": _plain(self.model_config),
+            "model_config": plain(self.model_config),
             "species": list(self.species),
             "atomref": self.atomref64.detach().cpu().clone(),  # float64 (readers cast it to their dtype)
             "energy_scale": float(self.energy_scale),
@@ -367,9 +297,9 @@ class Potential(nn.Module):
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "dtype": str(self.atomref.dtype).replace("torch.", ""),
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "terms": _plain(self.term_settings()),
+            "terms": plain(self.term_settings()),
             "terms_state_dict": {k: v.detach().cpu().clone() for k, v in self.terms.state_dict().items()},
-            "metadata": _plain(dict(metadata or {})),
+            "metadata": plain(dict(metadata or {})),
         }
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
@@ -385,29 +315,29 @@ class Potential(nn.Module):
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any], source: str = "model") -> Potential:
         """Rebuild from :meth:`to_dict`'s payload; a malformed payload raises one NNPError naming ``source``."""
-        check_entries(payload, _POTENTIAL_ENTRIES, source)
+        check_entries(payload, POTENTIAL_ENTRIES, source)
         terms = payload.get("terms") or {}  # files before version 3 have none
         if not isinstance(terms, dict) or not isinstance(payload.get("terms_state_dict") or {}, dict):
             raise NNPError(f"{source}: model file entry 'terms' has the wrong type ({type(terms).__name__})")
         try:
             pot = cls.build(payload["model_config"], payload["species"], payload["atomref"], payload["energy_scale"], terms)
         except NNPError as err:
-            raise NNPError(f"{source}: entry 'model_config': {_first_line(err)}") from None
+            raise NNPError(f"{source}: entry 'model_config': {first_line(err)}") from None
         except Exception as err:  # a constructor fed wrongly typed values raises anything
-            raise NNPError(f"{source}: entry 'model_config' does not build a model ({type(err).__name__}: {_first_line(err)})") from None
+            raise NNPError(f"{source}: entry 'model_config' does not build a model ({type(err).__name__}: {first_line(err)})") from None
         try:
             missing, unexpected = pot.model.load_state_dict(payload["state_dict"], strict=False)
         except NNPError as err:
-            raise NNPError(f"{source}: {_first_line(err)}") from None
+            raise NNPError(f"{source}: {first_line(err)}") from None
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-            raise NNPError(f"{source}: weights do not fit the stored architecture ({_first_line(err)})") from None
+            raise NNPError(f"{source}: weights do not fit the stored architecture ({first_line(err)})") from None
         if missing or unexpected:
             what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
             raise NNPError(f"{source}: state_dict does not match the stored architecture ({what})")
         try:
             pot.terms.load_state_dict(payload.get("terms_state_dict") or {}, strict=True)
         except (RuntimeError, ValueError, TypeError, KeyError) as err:
-            raise NNPError(f"{source}: entry 'terms_state_dict' does not fit the stored terms ({_first_line(err)})") from None
+            raise NNPError(f"{source}: entry 'terms_state_dict' does not fit the stored terms ({first_line(err)})") from None
         dtype = payload.get("dtype", "float32")
         if not isinstance(dtype, str) or dtype not in ("float32", "float64"):
             raise NNPError(f"{source}: entry 'dtype' is {short_repr(dtype)}; expected float32 or float64")
@@ -429,86 +359,3 @@ class Potential(nn.Module):
         if payload.get("kind", "potential") != "potential":
             raise NNPError(f"{path}: a {payload.get('kind')} file, not a single model (load it with nnp.committee.load_model)")
         return cls.from_dict(payload, str(path))
-
-
-# Entries every single-model payload has, with their types (checked before use,
-# so a damaged or hand-edited file gives one line, not a traceback).
-_POTENTIAL_ENTRIES: dict[str, type | tuple[type, ...]] = {
-    "model_config": dict,
-    "species": list,
-    "atomref": torch.Tensor,
-    "energy_scale": (float, int),
-    "state_dict": dict,
-}
-
-
-def check_entries(payload: Mapping[str, Any], entries: Mapping[str, type | tuple[type, ...]], source: str) -> None:
-    """Raise one NNPError naming ``source`` and the first missing or wrongly typed entry."""
-    for key, types in entries.items():
-        if key not in payload:
-            raise NNPError(f"{source}: model file has no {key!r} entry")
-        if not isinstance(payload[key], types) or isinstance(payload[key], bool):
-            raise NNPError(f"{source}: model file entry {key!r} has the wrong type ({type(payload[key]).__name__})")
-    species = payload.get("species")
-    if isinstance(species, list) and not (
-        species
-        and all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for z in species)
-        and all(a < b for a, b in zip(species, species[1:]))
-    ):
-        raise NNPError(f"{source}: model file entry 'species' must list distinct atomic numbers 1..118 in increasing order")
-    atomref = payload.get("atomref")
-    if isinstance(atomref, torch.Tensor) and isinstance(species, list) and atomref.shape != (len(species),):
-        raise NNPError(f"{source}: model file entry 'atomref' has shape {tuple(atomref.shape)}, expected ({len(species)},)")
-    if isinstance(atomref, torch.Tensor) and not (atomref.is_floating_point() and torch.isfinite(atomref).all()):
-        raise NNPError(f"{source}: model file entry 'atomref' must hold finite floating-point numbers")
-    scale = payload.get("energy_scale")
-    if isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0):
-        raise NNPError(f"{source}: model file entry 'energy_scale' must be a positive number, got {scale!r}")
-
-
-def read_model_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a model file's payload safely (``weights_only=True``) and check its header."""
-    path = Path(path)
-    if not path.is_file():
-        raise NNPError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise NNPError(f"{path}: not a readable nnp model file ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise NNPError(f"{path}: not an nnp model file (a Lightning checkpoint? use the run's model.pt)")
-    version = payload.get("version", 0)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise NNPError(f"{path}: model file has an invalid format version {short_repr(version)}")
-    if version > FORMAT_VERSION:
-        raise NNPError(f"{path}: model format version {version} is newer than this nnp (reads up to {FORMAT_VERSION})")
-    kind = payload.get("kind", "potential")  # version 1 files are single potentials
-    if not isinstance(kind, str) or kind not in ("potential", "committee"):
-        raise NNPError(f"{path}: unknown model kind {short_repr(kind)}")
-    return payload
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr`` on one line, shortened (for values read from a file: a tensor's repr spans lines)."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
-def _plain(obj: Any) -> Any:
-    """Convert OmegaConf containers/tuples to plain dict/list for safe saving."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if hasattr(obj, "items"):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if hasattr(obj, "__iter__"):
-        return [_plain(v) for v in obj]
-    return str(obj)

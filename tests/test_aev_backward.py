@@ -15,7 +15,8 @@ from ase.build import bulk, molecule
 
 from nnp import keys
 from nnp.committee import Committee
-from nnp.potential import pair_inputs, stress_from_strain_gradient
+from nnp.model_inputs import pair_inputs
+from nnp.potential import stress_from_strain_gradient
 from tests.test_models import acetamide, batch_of, ethanol, make_potential, periodic_water
 
 TOL = dict(rtol=1e-10, atol=1e-10)

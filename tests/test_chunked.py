@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_models import NAMES, acetamide, batch_of, ethanol, make_potential, periodic_water
 
+import nnp.model_inputs
 import nnp.models.pair_gradient
 import nnp.nn.chunks
-import nnp.potential
 from nnp import keys
 from nnp.neighbors import Neighbors
 from nnp.nn.chunks import center_chunks
@@ -45,7 +45,7 @@ def _set_whole(pot) -> None:
 def shuffled_pairs(monkeypatch):
     """Neighbor pairs in a random order (the chunked paths sort them by center and must undo it),
     and a count of the chunks evaluated."""
-    original = nnp.potential.neighbor_list
+    original = nnp.model_inputs.neighbor_list
     calls = {"chunks": 0}
 
     def shuffled(*args):
@@ -65,7 +65,7 @@ def shuffled_pairs(monkeypatch):
         return out
 
     recomputed = nnp.nn.chunks.recomputed
-    monkeypatch.setattr(nnp.potential, "neighbor_list", shuffled)
+    monkeypatch.setattr(nnp.model_inputs, "neighbor_list", shuffled)
     monkeypatch.setattr(nnp.nn.chunks, "recomputed", counting)
     monkeypatch.setattr(nnp.models.pair_gradient, "_ani", counting_ani)
     return calls

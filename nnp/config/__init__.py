@@ -1,7 +1,11 @@
 """The typed schema of every config, checked before any work starts.
 
-- :mod:`nnp.config.schema`: one dataclass per config group, architecture and
-  command, every key with its type and allowed values;
+- :mod:`nnp.config.schema`: one dataclass per config group and architecture,
+  every key with its type and allowed values, and ``nnp train``'s command;
+  the other commands' in :mod:`~nnp.config.schema_inference` (evaluate,
+  predict), :mod:`~nnp.config.schema_dynamics` (md, relax) and
+  :mod:`~nnp.config.schema_active` (active_learn); :mod:`nnp.config.commands`
+  says which class checks which command and which ``conf/`` folder;
 - :mod:`nnp.config.validate`: the checker (types, ranges, then relations
   between keys), one line per refusal;
 - :mod:`nnp.config.compose`: Hydra's composition of a command line, checked

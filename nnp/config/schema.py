@@ -1,4 +1,6 @@
-"""The schema of every config: one dataclass per group, per architecture and per command.
+"""The schema of the config groups, the architectures and ``nnp train``: one dataclass each.
+
+The other commands' schemas build on these (:mod:`nnp.config.commands` lists them all).
 
 Every key of the YAML files in ``conf/`` is declared here with its type and
 allowed values (:func:`~nnp.config.fields.setting`); defaults mirror the
@@ -26,13 +28,8 @@ from typing import Any, ClassVar
 
 from nnp.config.fields import Rule, group, setting
 from nnp.registry import (
-    BAROSTATS,
-    LABELERS,
-    MD_ENGINES,
     OPTIMIZERS,
-    RELAX_OPTIMIZERS,
     SCHEDULERS,
-    THERMOSTATS,
 )
 
 # Names the models accept (nnp/nn: build_activation, build_radial_basis, build_cutoff);
@@ -337,7 +334,9 @@ class FinetuneConfig:
 
 
 @dataclass
-class TrainCommand:
+class FitConfig:
+    """What every command that trains a model reads: ``nnp train`` and ``nnp active_learn``."""
+
     data: DataConfig = group(DataConfig)
     model: ModelConfig = group(AniModel)
     loss: LossConfig = group(LossConfig)
@@ -345,224 +344,24 @@ class TrainCommand:
     trainer: TrainerConfig = group(TrainerConfig)
     seed: int = setting(42)
     dtype: str = setting("float32", choices=DTYPES)
+    verbose: bool = setting(False, hint="Lightning's model summary and messages")
+    ensemble: EnsembleConfig = group(EnsembleConfig)
+    early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
+
+
+@dataclass
+class TrainCommand(FitConfig):
     model_file: str = setting("model.pt")
     overwrite: bool = setting(False)
     evaluate_test: bool = setting(True)
     resume: Any = setting(None, check=lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and bool(v)),
                           allowed="null (continue a checkpoint of the same config in the run directory), "
                                   "a Lightning checkpoint file, true (must continue) or false (start over, with overwrite=true)")
-    verbose: bool = setting(False, hint="Lightning's model summary and messages")
-    ensemble: EnsembleConfig = group(EnsembleConfig)
-    early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
     terms: TermsConfig | None = setting(None, hint="terms=[coulomb,d3,zbl]")
     finetune: FinetuneConfig = group(FinetuneConfig)
     ema: EMAConfig | None = group(EMAConfig)
     energy_scale: str = setting("residual_rms", choices=("residual_rms", "force_rms"), hint="network output scale (nnp.data.statistics)")
 
 
-_CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)
-
-
-@dataclass
-class EvaluateCommand:
-    data: DataConfig | None = setting(None, hint="null: the data the model was trained on")
-    ckpt: Any = setting(None, **_CKPT)
-    split: str | None = setting("all", choices=("all", "train", "val", "test"))
-    split_file: str | None = setting(None)
-    output: str = setting("report.json")
-    overwrite: bool = setting(False)
-    plot: bool = setting(True)
-    calibrate: bool = setting(False)
-    calibrate_data: str | None = setting(None)
-    batch_size: int = setting(64, ge=1)
-    device: str = setting("cpu")
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-
-
-@dataclass
-class PredictCommand:
-    ckpt: Any = setting(None, **_CKPT)
-    input: str = setting(None, required="input=structures.extxyz")
-    output: str = setting("predicted.extxyz")
-    overwrite: bool = setting(False)
-    format: str | None = setting(None, hint="an ASE format or hdf5; null: from the file extension")
-    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
-    batch_size: int = setting(64, ge=1)
-    device: str = setting("cpu")
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-    min_distance: float = setting(0.5, ge=0, hint="Å")
-    fast_io: bool = setting(True, hint="extxyz: the extxyz package's C reader (when installed) and a bulk writer; false: ASE's")
-
-
-@dataclass
-class UncertaintyConfig:
-    threshold: float | None = setting(None, ge=0, hint="eV/Å; null: only log it")
-    action: str = setting("flag", choices=("flag", "stop"))
-    output: str | None = setting(None)
-    min_interval: int = setting(10, ge=1)
-    max_frames: int = setting(1000, ge=1)
-
-
-@dataclass
-class DynamicsConfig:
-    ensemble: str = setting("nve", choices=MD_ENSEMBLES, ignore_case=True)
-    steps: int = setting(1000, ge=1)
-    timestep_fs: float = setting(0.5, gt=0)
-    temperature_K: float = setting(300, ge=0)
-    friction_per_ps: float = setting(10.0, ge=0)
-    init_velocities: bool = setting(True)
-    write_interval: int = setting(10, ge=1)
-    log_interval: int = setting(10, ge=1)
-    seed: int = setting(0)
-    max_force: float | None = setting(50.0, ge=0, hint="eV/Å; null: off")
-    max_temperature_K: float | None = setting(5000.0, ge=0, hint="null: off")
-    min_distance: float | None = setting(0.5, ge=0, hint="Å; null: off")
-    skin: float = setting(1.0, ge=0, hint="Å; 0: a new neighbor list every step")
-    uncertainty: UncertaintyConfig = group(UncertaintyConfig)
-    engine: str = setting("ase", choices=MD_ENGINES, ignore_case=True)
-    thermostat: str = setting("langevin", choices=THERMOSTATS, ignore_case=True, hint="nvt; under npt the barostat's own")
-    barostat: str = setting("mtk", choices=BAROSTATS, ignore_case=True, hint="npt")
-    pressure_bar: float = setting(1.0, hint="npt target pressure (bar)")
-    barostat_time_fs: float = setting(500.0, gt=0, hint="npt: the barostat's time constant (fs)")
-    compressibility_per_bar: float = setting(4.6e-5, gt=0, hint="barostat=berendsen (1/bar; water 4.6e-5)")
-    flexible_cell: bool = setting(False, hint="npt: every cell degree of freedom (else isotropic)")
-    restart: bool = setting(False, hint="continue from OUTPUT.restart.npz when there is one")
-    max_time: Any = setting(None, check=lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
-                            or (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None),
-                            allowed='seconds > 0, "DD:HH:MM:SS" or null')
-
-
-@dataclass
-class MDCommand:
-    ckpt: Any = setting(None, **_CKPT)
-    input: str = setting(None, required="input=start.xyz")
-    index: str | int = setting("0", hint="an ASE index")
-    output: str = setting("md.extxyz")
-    log: str | None = setting(None)
-    overwrite: bool = setting(False)
-    device: str = setting("cpu")
-    threads: Any = setting("auto", check=lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-                           allowed='"auto" or a whole number >= 1')
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-    min_distance: float = setting(0.5, ge=0, hint="Å")
-    md: DynamicsConfig = group(DynamicsConfig)
-
-
-@dataclass
-class RelaxCommand:
-    ckpt: Any = setting(None, **_CKPT)
-    input: str = setting(None, required="input=structures.extxyz")
-    output: str = setting("relaxed.extxyz")
-    overwrite: bool = setting(False)
-    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
-    optimizer: str = setting("fire", choices=RELAX_OPTIMIZERS, ignore_case=True)
-    fmax: float = setting(0.05, gt=0, hint="eV/Å")
-    max_steps: int = setting(500, ge=1)
-    cell: bool = setting(False, hint="relax periodic cells too (FrechetCellFilter)")
-    pressure_bar: float = setting(0.0, hint="cell=true: target pressure (bar)")
-    device: str = setting("cpu")
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-    min_distance: float = setting(0.5, ge=0, hint="Å")
-# ============================================================ active learning
-
-
-@dataclass
-class SlurmLabelingConfig:
-    """``labeler.executor=slurm``: a round's labels as one Slurm job array (submitit, :mod:`nnp.labeling.slurm`)."""
-
-    cluster: str = setting("slurm", choices=("slurm", "local", "debug"),
-                           hint="local/debug: submitit's stand-ins on this machine, to try it without Slurm")
-    partition: str | None = setting(None, hint="null: the cluster's default")
-    time_min: int = setting(60, ge=1, hint="minutes per array task")
-    cpus_per_task: int = setting(1, ge=1, hint="also the labeler's OpenMP threads")
-    mem: str | None = setting(None, pattern=r"\d+[KMGT]?", allowed='Slurm memory, e.g. "4G"', hint="null: the default")
-    array_parallelism: int = setting(32, ge=1, hint="array tasks running at once")
-    structures_per_task: int = setting(10, ge=1)
-    folder: str | None = setting(None, hint="submitit's job files and logs; null: <round>/slurm")
-    additional: dict[str, Any] = setting({}, hint="more sbatch options, e.g. {account: chem, qos: short}")
-    poll_s: float = setting(5.0, gt=0, hint="s between checks of the jobs")
-
-
-@dataclass
-class LabelerConfig:
-    """Any labeler: the schema is chosen by ``name`` (:data:`nnp.registry.LABELERS`)."""
-
-    variant_key: ClassVar[str] = "name"
-    variants: ClassVar[dict[str, type]] = {}
-
-    name: str = setting("xtb", choices=LABELERS)
-    kwargs: dict[str, Any] = setting({}, hint="keyword arguments of the calculator class")
-    workers: int = setting(1, ge=0, hint="labeling processes; 0: in this process")
-    executor: str = setting("local", choices=("local", "slurm"), hint="slurm: a job array, labeler.slurm.*")
-    slurm: SlurmLabelingConfig = group(SlurmLabelingConfig)
-
-
-@dataclass
-class XtbLabeler(LabelerConfig):
-    name: str = setting("xtb")
-    method: str = setting("GFN2-xTB", choices=("GFN2-xTB", "GFN1-xTB"))
-
-
-@dataclass
-class AseLabeler(LabelerConfig):
-    name: str = setting("ase")
-    calculator: str = setting(None, pattern=r"[\w.]+:\w+", allowed="module:Class, e.g. ase.calculators.emt:EMT",
-                              required="labeler.calculator=ase.calculators.emt:EMT")
-
-
-LabelerConfig.variants = {"xtb": XtbLabeler, "ase": AseLabeler}
-
-
-@dataclass
-class SamplingConfig:
-    temperatures_K: list[float] | None = setting([300], item=Rule(ge=0), min_items=1, hint="K; null: [md.temperature_K]")
-    trajectories: int = setting(2, ge=1, hint="per round, over the seeds and temperatures in turn")
-
-
-@dataclass
-class SelectionConfig:
-    mode: str = setting("top_k", choices=("top_k", "threshold", "random"),
-                        hint="threshold: above md.uncertainty.threshold; random: the baseline, uniform picks")
-    max_per_round: int = setting(20, ge=1)
-
-
-@dataclass
-class ActiveLearnCommand:
-    data: DataConfig = group(DataConfig)
-    model: ModelConfig = group(AniModel)
-    loss: LossConfig = group(LossConfig)
-    optim: OptimConfig = group(OptimConfig)
-    trainer: TrainerConfig = group(TrainerConfig)
-    labeler: LabelerConfig = group(XtbLabeler)
-    seeds: str = setting(None, required="seeds=start.extxyz")
-    rounds: int = setting(3, ge=1)
-    test_data: str | None = setting(None, hint="a labeled file in data's format; null: none")
-    seed: int = setting(42)
-    dtype: str = setting("float32", choices=DTYPES)
-    verbose: bool = setting(False)
-    ensemble: EnsembleConfig = group(EnsembleConfig)
-    early_stopping: EarlyStoppingConfig = group(EarlyStoppingConfig)
-    md: DynamicsConfig = group(DynamicsConfig)
-    sampling: SamplingConfig = group(SamplingConfig)
-    selection: SelectionConfig = group(SelectionConfig)
-
-
-#: Schema of each Hydra command's composed config.
-COMMANDS: dict[str, type] = {
-    "train": TrainCommand,
-    "evaluate": EvaluateCommand,
-    "predict": PredictCommand,
-    "md": MDCommand,
-    "relax": RelaxCommand,
-    "active_learn": ActiveLearnCommand,
-}
-
-#: Schema of each config group, by the group's folder name in conf/ (a user's --config-dir too).
-GROUPS: dict[str, type] = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "loss": LossConfig,
-    "optim": OptimConfig,
-    "trainer": TrainerConfig,
-    "labeler": LabelerConfig,
-}
+#: The ``ckpt=`` setting of every command that loads a model.
+CKPT = dict(check=is_ckpt, allowed="a model file, or a list of model files [a.pt,b.pt]", required=REQUIRED_CKPT)

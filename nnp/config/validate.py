@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from nnp.config import schema
+from nnp.config.commands import COMMANDS
 from nnp.config.fields import Rule, key_of, rule_of
 from nnp.errors import NNPError
 
@@ -316,7 +316,7 @@ def _relations(command: str, cfg: Mapping[str, Any]) -> None:
 
 def check_config(command: str, cfg: Mapping[str, Any], added: Iterable[str] = ()) -> None:
     """Check the plain (resolved) config of ``command``; ``added``: keys given with ``+key=``."""
-    cls = schema.COMMANDS[command]
+    cls = COMMANDS[command]
     added = list(added)
     plain = {k: v for k, v in cfg.items() if k != "hydra"}
     for f in fields(cls):

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from nnp.errors import NNPError
-from nnp.potential import Potential, _plain
+from nnp.model_file import plain
+from nnp.potential import Potential
 
 #: The config group whose command-line overrides are compared with the base's architecture.
 _MODEL = "model"
@@ -120,7 +121,7 @@ def check_model_overrides(model_cfg: Mapping[str, Any], base: Base, keys: Sequen
     stored = base.model_config
     for key in keys:
         leaf = "name" if key == _MODEL else key.split(".", 1)[1].split(".")[0]
-        given, have = _plain(model_cfg.get(leaf)), _plain(stored.get(leaf))
+        given, have = plain(model_cfg.get(leaf)), plain(stored.get(leaf))
         if given != have:
             shown = f"model={given}" if key == _MODEL else f"model.{leaf}={given}"
             raise NNPError(

@@ -1,0 +1,43 @@
+"""Schema of the commands that apply a model to structures: ``nnp evaluate`` and ``nnp predict``.
+
+See :mod:`nnp.config.schema` for how the classes steer the checker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nnp.config.fields import setting
+from nnp.config.schema import CKPT, DTYPES, DataConfig
+
+
+@dataclass
+class EvaluateCommand:
+    data: DataConfig | None = setting(None, hint="null: the data the model was trained on")
+    ckpt: Any = setting(None, **CKPT)
+    split: str | None = setting("all", choices=("all", "train", "val", "test"))
+    split_file: str | None = setting(None)
+    output: str = setting("report.json")
+    overwrite: bool = setting(False)
+    plot: bool = setting(True)
+    calibrate: bool = setting(False)
+    calibrate_data: str | None = setting(None)
+    batch_size: int = setting(64, ge=1)
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+
+
+@dataclass
+class PredictCommand:
+    ckpt: Any = setting(None, **CKPT)
+    input: str = setting(None, required="input=structures.extxyz")
+    output: str = setting("predicted.extxyz")
+    overwrite: bool = setting(False)
+    format: str | None = setting(None, hint="an ASE format or hdf5; null: from the file extension")
+    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
+    batch_size: int = setting(64, ge=1)
+    device: str = setting("cpu")
+    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
+    min_distance: float = setting(0.5, ge=0, hint="Å")
+    fast_io: bool = setting(True, hint="extxyz: the extxyz package's C reader (when installed) and a bulk writer; false: ASE's")
