@@ -3,6 +3,7 @@ and the one note about structures without a total charge."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ def check_terms_setup(cfg: Any, data_cfg: Mapping[str, Any], loss_cfg: Mapping[s
 
 
 _said: set[str] = set()
+_with_coulomb: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def note_neutral(text: str) -> None:
@@ -47,6 +49,8 @@ def note_missing_charge(model: Any, batch: Mapping[str, Any]) -> None:
 
     if "neutral" in _said or keys.TOTAL_CHARGE in batch:
         return
-    members = getattr(model, "members", None) or [model]  # a committee: its members' terms
-    if any(getattr(t, "name", "") == "coulomb" for m in members for t in getattr(m, "terms", [])):
+    if model not in _with_coulomb:  # looked up once per model: MD calls this every step
+        members = getattr(model, "members", None) or [model]  # a committee: its members' terms
+        _with_coulomb[model] = any(getattr(t, "name", "") == "coulomb" for m in members for t in getattr(m, "terms", []))
+    if _with_coulomb[model]:
         note_neutral("no total charge given (atoms.info['charge']): structures are taken as neutral")
