@@ -80,8 +80,9 @@ def test_float32_and_chunks_equal_reference(backend):
 
 
 def test_training_gradients_equal_reference(backend):
-    """Forces in the loss (double backward): the parameters' gradients of both paths agree."""
-    pot = make_potential("ani", torch.float64).train()
+    """Forces in the loss (double backward through the fused node's backward, as an eval-mode
+    model gets it; training mode runs the reference path): the parameters' gradients agree."""
+    pot = make_potential("ani", torch.float64).eval()
     batch = batch_of([ethanol(), periodic_water()], torch.float64)
     batch[keys.ENERGY] = torch.tensor([-1.0, 2.0], dtype=torch.float64)
     batch[keys.FORCES] = torch.randn(batch[keys.R].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -96,6 +97,21 @@ def test_training_gradients_equal_reference(backend):
     assert len(grads[True]) == len(grads[False]) > 0
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_which_path_runs(backend):
+    """Eval mode with forces: the fused node; training mode: the reference graph; no gradient: no graph."""
+    pot = make_potential("ani", torch.float64)
+    aev = pot.model.aev
+    species, pairs, vectors = pair_geometry(pot, batch_of([ethanol()], torch.float64))
+    v = vectors.clone().requires_grad_(True)
+    d = torch.linalg.norm(v, dim=-1)
+    assert type(aev.eval()(species, pairs, v, d).grad_fn).__name__ == "FusedAEVBackward"
+    assert type(aev.train()(species, pairs, v, d).grad_fn).__name__ != "FusedAEVBackward"
+    plain = aev.eval()(species, pairs, vectors, d.detach())
+    assert plain.grad_fn is None
+    aev.fused = False
+    torch.testing.assert_close(plain, aev(species, pairs, vectors, d.detach()), rtol=1e-12, atol=1e-12)
 
 
 def test_torchscript_runs_the_reference_forward():
