@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -103,7 +103,7 @@ class AEV(nn.Module):
     @torch.jit.unused
     def _fused(
         self, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tensor, first_center: int, n_centers: int
-    ) -> Optional[torch.Tensor]:
+    ) -> torch.Tensor | None:
         """The fused path (:mod:`nnp.models.aev_fused`), or None where the reference path runs:
         in training mode (forces in the loss need the double backward, which the reference's
         autograd graph gives faster than differentiating the fused node's backward: measured

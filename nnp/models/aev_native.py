@@ -41,21 +41,18 @@ MAX_TERMS = 64
 
 SOURCE = r"""
 #include <math.h>
+#include <stdint.h>
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
 #endif
-#include <stdint.h>
+#define INLINE static inline __attribute__((always_inline))
 
+/* Each exported function calls an always-inlined body; the ANI-1x sizes (16 radial shifts;
+   4 x 8 angular terms) get their own copy with constant loop bounds, which the compiler
+   unrolls and vectorizes. */
 #define KERNELS(T, SUF, EXP, SQRT, POW, COS, SIN)                                                        \
-static inline T ipow_##SUF(T x, int64_t n) {                                                               \
-    T r = 1;                                                                                               \
-    while (n) { if (n & 1) r *= x; x *= x; n >>= 1; }                                                      \
-    return r;                                                                                              \
-}                                                                                                          \
-                                                                                                           \
-void radial_forward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,                 \
-                          const T *shifts, int64_t n_r, T eta, T *out) {                                   \
-    const T e80 = EXP((T)-80);                                                                             \
+INLINE void radial_forward_body_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,     \
+                                      const T *shifts, const int64_t n_r, T eta, T *out) {                 \
     for (int64_t p = p0; p < p1; p++) {                                                                    \
         T d = dist[p];                                                                                     \
         if (!(d < rc)) continue;                                                                           \
@@ -64,14 +61,18 @@ void radial_forward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *d
         for (int64_t r = 0; r < n_r; r++) {                                                                \
             T x = d - shifts[r];                                                                           \
             T arg = -eta * x * x;                                                                          \
-            o[r] += (arg < (T)-80 ? e80 : EXP(arg)) * f;                                                   \
+            o[r] += EXP(arg < (T)-80 ? (T)-80 : arg) * f;                                                  \
         }                                                                                                  \
     }                                                                                                      \
 }                                                                                                          \
+void radial_forward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,                 \
+                          const T *shifts, int64_t n_r, T eta, T *out) {                                   \
+    if (n_r == 16) radial_forward_body_##SUF(p0, p1, row, dist, rc, shifts, 16, eta, out);                 \
+    else radial_forward_body_##SUF(p0, p1, row, dist, rc, shifts, n_r, eta, out);                          \
+}                                                                                                          \
                                                                                                            \
-void radial_backward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,                \
-                           const T *shifts, int64_t n_r, T eta, const T *g, T *dd) {                        \
-    const T e80 = EXP((T)-80);                                                                             \
+INLINE void radial_backward_body_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,    \
+                                       const T *shifts, const int64_t n_r, T eta, const T *g, T *dd) {     \
     for (int64_t p = p0; p < p1; p++) {                                                                    \
         T d = dist[p];                                                                                     \
         if (!(d < rc)) { dd[p] = 0; continue; }                                                           \
@@ -83,19 +84,24 @@ void radial_backward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *
         for (int64_t r = 0; r < n_r; r++) {                                                                \
             T x = d - shifts[r];                                                                           \
             T arg = -eta * x * x;                                                                          \
-            T e = arg < (T)-80 ? e80 : EXP(arg);                                                           \
+            /* the clamp of the exponent at -80 has zero slope, as autograd's */                           \
             T slope = arg < (T)-80 ? (T)0 : (T)-2 * eta * x;                                               \
-            acc += gr[r] * e * (df + f * slope);                                                           \
+            acc += gr[r] * EXP(arg < (T)-80 ? (T)-80 : arg) * (df + f * slope);                            \
         }                                                                                                  \
         dd[p] = acc;                                                                                       \
     }                                                                                                      \
 }                                                                                                          \
+void radial_backward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,                \
+                           const T *shifts, int64_t n_r, T eta, const T *g, T *dd) {                        \
+    if (n_r == 16) radial_backward_body_##SUF(p0, p1, row, dist, rc, shifts, 16, eta, g, dd);              \
+    else radial_backward_body_##SUF(p0, p1, row, dist, rc, shifts, n_r, eta, g, dd);                       \
+}                                                                                                          \
                                                                                                            \
-/* one triple (a, b) of close pairs: its radial (fr) and angular (fa) factors, and optionally  \
-   the angular derivative dfa = d fa / d c, where c = 0.95 cos(theta) */                                   \
-static inline void triple_##SUF(const T *ua, const T *ub, T da, T db, T fca, T fcb, const T *shifts,      \
-                                int64_t n_r, const T *cos_s, const T *sin_s, int64_t n_a, T eta, T zeta,   \
-                                int64_t izeta, T *e, T *fr, T *fa, T *dfa, T *cab_out, T *m_out) {         \
+/* one triple (a, b) of close pairs: e_r = exp(-eta (m - Rs_r)^2), fr = e_r 2 fc_a fc_b, fa_s = base_s^zeta, \
+   dfa_s = d fa_s / d c, where c = 0.95 cos(theta) and base_s = 0.5 + 0.5 (c cos_s + sqrt(1 - c^2) sin_s) */ \
+INLINE void triple_##SUF(const T *ua, const T *ub, T da, T db, T fca, T fcb, const T *shifts,             \
+                         const int64_t n_r, const T *cos_s, const T *sin_s, const int64_t n_a, T eta,      \
+                         T zeta, int64_t izeta, T *e, T *fr, T *fa, T *dfa, T *cab_out, T *m_out) {        \
     T cab = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];                                                 \
     T cc = (T)0.95 * cab;                                                                                  \
     T sn = SQRT(1 - cc * cc);                                                                              \
@@ -106,23 +112,36 @@ static inline void triple_##SUF(const T *ua, const T *ub, T da, T db, T fca, T f
         e[r] = EXP(-eta * x * x);                                                                          \
         fr[r] = e[r] * f2;                                                                                 \
     }                                                                                                      \
+    T base[64], below[64];                                                                                 \
+    for (int64_t s = 0; s < n_a; s++) {                                                                    \
+        base[s] = (T)0.5 + (T)0.5 * (cc * cos_s[s] + sn * sin_s[s]);                                       \
+        below[s] = 1;                                                                                      \
+    }                                                                                                      \
+    if (izeta > 0) { /* base^(zeta - 1) by squaring, all sections at once */                               \
+        T x[64];                                                                                           \
+        for (int64_t s = 0; s < n_a; s++) x[s] = base[s];                                                  \
+        for (int64_t n = izeta - 1; n; n >>= 1) {                                                          \
+            if (n & 1) for (int64_t s = 0; s < n_a; s++) below[s] *= x[s];                                 \
+            for (int64_t s = 0; s < n_a; s++) x[s] *= x[s];                                                \
+        }                                                                                                  \
+    } else {                                                                                               \
+        for (int64_t s = 0; s < n_a; s++) below[s] = POW(base[s], zeta - 1);                               \
+    }                                                                                                      \
     T ratio = cc / sn;                                                                                     \
     for (int64_t s = 0; s < n_a; s++) {                                                                    \
-        T base = (T)0.5 + (T)0.5 * (cc * cos_s[s] + sn * sin_s[s]);                                        \
-        T below = izeta > 0 ? ipow_##SUF(base, izeta - 1) : POW(base, zeta - 1);                           \
-        fa[s] = below * base;                                                                              \
-        if (dfa) dfa[s] = zeta * below * (T)0.5 * (cos_s[s] - sin_s[s] * ratio);                           \
+        fa[s] = below[s] * base[s];                                                                        \
+        if (dfa) dfa[s] = zeta * below[s] * (T)0.5 * (cos_s[s] - sin_s[s] * ratio);                        \
     }                                                                                                      \
     *cab_out = cab;                                                                                        \
     *m_out = m;                                                                                            \
 }                                                                                                          \
                                                                                                            \
-/* centers c0..c1-1; close pairs starts[c]..starts[c+1]-1 of center c; out row of center c at           \
-   out + c * stride, the block of neighbor species pair (sa, sb) at pair_index[sa * S + sb] * n_r * n_a */ \
-void angular_forward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit, const T *dist,   \
-                           const T *fc, const int64_t *nsp, const int64_t *pair_index, int64_t S,          \
-                           const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s, int64_t n_a,      \
-                           T eta, T zeta, int64_t izeta, T *out, int64_t stride) {                         \
+INLINE void angular_forward_body_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit,       \
+                                       const T *dist, const T *fc, const int64_t *nsp,                     \
+                                       const int64_t *pair_index, int64_t S, const T *shifts,              \
+                                       const int64_t n_r, const T *cos_s, const T *sin_s,                  \
+                                       const int64_t n_a, T eta, T zeta, int64_t izeta, T *out,            \
+                                       int64_t stride) {                                                   \
     T e[64], fr[64], fa[64], cab, m;                                                                       \
     const int64_t block = n_r * n_a;                                                                       \
     for (int64_t c = c0; c < c1; c++) {                                                                    \
@@ -138,13 +157,26 @@ void angular_forward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const 
         }                                                                                                  \
     }                                                                                                      \
 }                                                                                                          \
+/* centers c0..c1-1; close pairs starts[c]..starts[c+1]-1 of center c; out row of center c at           \
+   out + c * stride, the block of neighbor species pair (sa, sb) at pair_index[sa * S + sb] * n_r * n_a */ \
+void angular_forward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit, const T *dist,   \
+                           const T *fc, const int64_t *nsp, const int64_t *pair_index, int64_t S,          \
+                           const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s, int64_t n_a,      \
+                           T eta, T zeta, int64_t izeta, T *out, int64_t stride) {                         \
+    if (n_r == 4 && n_a == 8)                                                                              \
+        angular_forward_body_##SUF(c0, c1, starts, unit, dist, fc, nsp, pair_index, S, shifts, 4, cos_s,   \
+                                   sin_s, 8, eta, zeta, izeta, out, stride);                               \
+    else                                                                                                   \
+        angular_forward_body_##SUF(c0, c1, starts, unit, dist, fc, nsp, pair_index, S, shifts, n_r, cos_s, \
+                                   sin_s, n_a, eta, zeta, izeta, out, stride);                             \
+}                                                                                                          \
                                                                                                            \
-/* dE/d(close pair vector) (Pc, 3), += into grad, for g = dE/dAEV laid out as out above */                 \
-void angular_backward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit, const T *dist,  \
-                            const T *fc, const T *dfc, const int64_t *nsp, const int64_t *pair_index,      \
-                            int64_t S, const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s,       \
-                            int64_t n_a, T eta, T zeta, int64_t izeta, const T *g, int64_t stride,         \
-                            T *grad) {                                                                     \
+INLINE void angular_backward_body_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit,      \
+                                        const T *dist, const T *fc, const T *dfc, const int64_t *nsp,      \
+                                        const int64_t *pair_index, int64_t S, const T *shifts,             \
+                                        const int64_t n_r, const T *cos_s, const T *sin_s,                 \
+                                        const int64_t n_a, T eta, T zeta, int64_t izeta, const T *g,       \
+                                        int64_t stride, T *grad) {                                         \
     T e[64], fr[64], fa[64], dfa[64], cab, m;                                                              \
     const int64_t block = n_r * n_a;                                                                       \
     for (int64_t c = c0; c < c1; c++) {                                                                    \
@@ -178,6 +210,19 @@ void angular_backward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const
             }                                                                                              \
         }                                                                                                  \
     }                                                                                                      \
+}                                                                                                          \
+/* dE/d(close pair vector) (Pc, 3), += into grad, for g = dE/dAEV laid out as out above */                 \
+void angular_backward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit, const T *dist,  \
+                            const T *fc, const T *dfc, const int64_t *nsp, const int64_t *pair_index,      \
+                            int64_t S, const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s,       \
+                            int64_t n_a, T eta, T zeta, int64_t izeta, const T *g, int64_t stride,         \
+                            T *grad) {                                                                     \
+    if (n_r == 4 && n_a == 8)                                                                              \
+        angular_backward_body_##SUF(c0, c1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, 4,    \
+                                    cos_s, sin_s, 8, eta, zeta, izeta, g, stride, grad);                   \
+    else                                                                                                   \
+        angular_backward_body_##SUF(c0, c1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, n_r,  \
+                                    cos_s, sin_s, n_a, eta, zeta, izeta, g, stride, grad);                 \
 }
 
 KERNELS(float, f32, expf, sqrtf, powf, cosf, sinf)
@@ -228,7 +273,7 @@ def _build() -> Path:
     compiler = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
     if not compiler:
         raise RuntimeError(f"no C compiler {named!r}" if named else "no C compiler (cc, gcc or clang) on PATH")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared"]
+    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
     key = hashlib.sha256("\0".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"nnp-{os.getuid() if hasattr(os, 'getuid') else 0}"):
         target = folder / f"aev_kernel_{key}.so"
