@@ -135,3 +135,11 @@ def test_without_a_compiler_it_says_so_once_and_falls_back(monkeypatch, tmp_path
     assert not aev_native.supports(pot.model.aev, torch.zeros(1, 3, dtype=torch.float64))
     forces = pot(batch_of([ethanol()], torch.float64), compute_forces=True)[keys.FORCES]
     assert torch.isfinite(forces).all()
+
+
+def test_kernel_leaves_the_floating_point_environment_alone(backend):
+    """The kernel is compiled with -ffast-math but not linked with it (crtfastmath would flush
+    every denormal of the process to zero)."""
+    aev_native.library()
+    tiny_value = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny_value * 1.0) > 0.0

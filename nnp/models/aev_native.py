@@ -273,7 +273,10 @@ def _build() -> Path:
     compiler = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
     if not compiler:
         raise RuntimeError(f"no C compiler {named!r}" if named else "no C compiler (cc, gcc or clang) on PATH")
-    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
+    # -ffast-math lets the compiler vectorize exp (glibc's vector math); compiled only, never
+    # linked with it: linking with it adds crtfastmath, which would set flush-to-zero for the
+    # whole process. Inputs are checked for NaN before they get here (nnp.data).
+    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC"]
     key = hashlib.sha256("\0".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"nnp-{os.getuid() if hasattr(os, 'getuid') else 0}"):
         target = folder / f"aev_kernel_{key}.so"
@@ -285,10 +288,12 @@ def _build() -> Path:
                 source = Path(tmp) / "aev_kernel.c"
                 source.write_text(SOURCE)
                 built = Path(tmp) / "aev_kernel.so"
-                proc = subprocess.run([compiler, *flags, "-o", str(built), str(source), "-lm"],
-                                      capture_output=True, text=True, timeout=120)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{compiler} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+                obj = Path(tmp) / "aev_kernel.o"
+                for cmd in ([compiler, *flags, "-c", "-o", str(obj), str(source)],
+                            [compiler, "-shared", "-o", str(built), str(obj), "-lm"]):
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{compiler} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
                 os.replace(built, target)  # atomic: concurrent builders each install a whole file
             return target
         except OSError:
