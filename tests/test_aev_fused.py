@@ -125,7 +125,7 @@ def test_torchscript_runs_the_reference_forward():
 
 
 def test_without_a_compiler_it_says_so_once_and_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(aev_native, "_state", {"tried": False, "lib": None, "why": "", "pool": None})
+    monkeypatch.setattr(aev_native, "_state", {"tried": False, "lib": None, "why": ""})
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("NNP_CACHE_DIR", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="no C compiler"):

@@ -11,10 +11,10 @@ is stored (also none of the forward's intermediates: the backward recomputes
 them, cheaper than reading them back).
 
 Built once per machine into ``$NNP_CACHE_DIR`` (default ``~/.cache/nnp``) with
-``cc -O3 -march=native`` (the file name holds a hash of the source, the
-compiler and the CPU's flags, so a shared home on different CPUs gets one build
-per kind of CPU); loaded with ctypes, which releases the GIL, so
-``torch.get_num_threads()`` Python threads share the centers. Without a C
+``cc -O3 -march=native -fopenmp`` (the file name holds a hash of the source,
+the compiler and the CPU's flags, so a shared home on different CPUs gets one
+build per kind of CPU); loaded with ctypes. Centers are shared among
+``torch.get_num_threads()`` OpenMP threads, from the libgomp torch loaded. Without a C
 compiler (or with ``NNP_NATIVE=0``) :func:`library` returns None, says so once,
 and the AEV runs on torch ops (the same numbers to float tolerance, slower).
 Checked against the torch implementation in tests/test_aev_fused.py.
@@ -30,9 +30,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -92,9 +91,13 @@ INLINE void radial_backward_body_##SUF(int64_t p0, int64_t p1, const int64_t *ro
     }                                                                                                      \
 }                                                                                                          \
 void radial_backward_##SUF(int64_t p0, int64_t p1, const int64_t *row, const T *dist, T rc,                \
-                           const T *shifts, int64_t n_r, T eta, const T *g, T *dd) {                        \
-    if (n_r == 16) radial_backward_body_##SUF(p0, p1, row, dist, rc, shifts, 16, eta, g, dd);              \
-    else radial_backward_body_##SUF(p0, p1, row, dist, rc, shifts, n_r, eta, g, dd);                       \
+                           const T *shifts, int64_t n_r, T eta, const T *g, T *dd, int64_t nthreads) {      \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads) if(nthreads > 1)")                    \
+    for (int64_t q = p0; q < p1; q += 256) {                                                               \
+        int64_t q1 = q + 256 < p1 ? q + 256 : p1;                                                          \
+        if (n_r == 16) radial_backward_body_##SUF(q, q1, row, dist, rc, shifts, 16, eta, g, dd);           \
+        else radial_backward_body_##SUF(q, q1, row, dist, rc, shifts, n_r, eta, g, dd);                    \
+    }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
 /* one triple (a, b) of close pairs: e_r = exp(-eta (m - Rs_r)^2), fr = e_r 2 fc_a fc_b, fa_s = base_s^zeta, \
@@ -162,13 +165,17 @@ INLINE void angular_forward_body_##SUF(int64_t c0, int64_t c1, const int64_t *st
 void angular_forward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit, const T *dist,   \
                            const T *fc, const int64_t *nsp, const int64_t *pair_index, int64_t S,          \
                            const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s, int64_t n_a,      \
-                           T eta, T zeta, int64_t izeta, T *out, int64_t stride) {                         \
-    if (n_r == 4 && n_a == 8)                                                                              \
-        angular_forward_body_##SUF(c0, c1, starts, unit, dist, fc, nsp, pair_index, S, shifts, 4, cos_s,   \
-                                   sin_s, 8, eta, zeta, izeta, out, stride);                               \
-    else                                                                                                   \
-        angular_forward_body_##SUF(c0, c1, starts, unit, dist, fc, nsp, pair_index, S, shifts, n_r, cos_s, \
-                                   sin_s, n_a, eta, zeta, izeta, out, stride);                             \
+                           T eta, T zeta, int64_t izeta, T *out, int64_t stride, int64_t nthreads) {       \
+    /* centers write their own rows: no two threads touch the same memory */                              \
+    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(nthreads) if(nthreads > 1)")               \
+    for (int64_t c = c0; c < c1; c++) {                                                                    \
+        if (n_r == 4 && n_a == 8)                                                                          \
+            angular_forward_body_##SUF(c, c + 1, starts, unit, dist, fc, nsp, pair_index, S, shifts, 4,    \
+                                       cos_s, sin_s, 8, eta, zeta, izeta, out, stride);                    \
+        else                                                                                               \
+            angular_forward_body_##SUF(c, c + 1, starts, unit, dist, fc, nsp, pair_index, S, shifts, n_r,  \
+                                       cos_s, sin_s, n_a, eta, zeta, izeta, out, stride);                  \
+    }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
 INLINE void angular_backward_body_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const T *unit,      \
@@ -216,20 +223,24 @@ void angular_backward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const
                             const T *fc, const T *dfc, const int64_t *nsp, const int64_t *pair_index,      \
                             int64_t S, const T *shifts, int64_t n_r, const T *cos_s, const T *sin_s,       \
                             int64_t n_a, T eta, T zeta, int64_t izeta, const T *g, int64_t stride,         \
-                            T *grad) {                                                                     \
-    if (n_r == 4 && n_a == 8)                                                                              \
-        angular_backward_body_##SUF(c0, c1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, 4,    \
-                                    cos_s, sin_s, 8, eta, zeta, izeta, g, stride, grad);                   \
-    else                                                                                                   \
-        angular_backward_body_##SUF(c0, c1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, n_r,  \
-                                    cos_s, sin_s, n_a, eta, zeta, izeta, g, stride, grad);                 \
+                            T *grad, int64_t nthreads) {                                                   \
+    /* a center's close pairs are its own: threads write disjoint parts of grad */                         \
+    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(nthreads) if(nthreads > 1)")               \
+    for (int64_t c = c0; c < c1; c++) {                                                                    \
+        if (n_r == 4 && n_a == 8)                                                                          \
+            angular_backward_body_##SUF(c, c + 1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, \
+                                        4, cos_s, sin_s, 8, eta, zeta, izeta, g, stride, grad);            \
+        else                                                                                               \
+            angular_backward_body_##SUF(c, c + 1, starts, unit, dist, fc, dfc, nsp, pair_index, S, shifts, \
+                                        n_r, cos_s, sin_s, n_a, eta, zeta, izeta, g, stride, grad);        \
+    }                                                                                                      \
 }
 
 KERNELS(float, f32, expf, sqrtf, powf, cosf, sinf)
 KERNELS(double, f64, exp, sqrt, pow, cos, sin)
 """
 
-_state: Dict[str, Any] = {"tried": False, "lib": None, "why": "", "pool": None}
+_state: Dict[str, Any] = {"tried": False, "lib": None, "why": ""}
 
 
 def library() -> Any:
@@ -289,11 +300,14 @@ def _build() -> Path:
                 source.write_text(SOURCE)
                 built = Path(tmp) / "aev_kernel.so"
                 obj = Path(tmp) / "aev_kernel.o"
-                for cmd in ([compiler, *flags, "-c", "-o", str(obj), str(source)],
-                            [compiler, "-shared", "-o", str(built), str(obj), "-lm"]):
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{compiler} failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+                # OpenMP: the kernel's threads come from the libgomp torch has loaded (the same
+                # soname), so they are torch's own pool, not a second one; without it, one thread
+                for openmp in (["-fopenmp"], []):
+                    errors = _compile(compiler, [*flags, *openmp], source, obj, built)
+                    if not errors:
+                        break
+                if errors:
+                    raise RuntimeError(f"{compiler} failed: {errors[:300]}")
                 os.replace(built, target)  # atomic: concurrent builders each install a whole file
             return target
         except OSError:
@@ -301,16 +315,27 @@ def _build() -> Path:
     raise RuntimeError("no writable folder for the compiled kernel (set NNP_CACHE_DIR)")
 
 
+def _compile(compiler: str, flags: list, source: Path, obj: Path, built: Path) -> str:
+    """Compile and link (the link without ``flags``' -ffast-math); the compiler's errors, or ''."""
+    openmp = [f for f in flags if f == "-fopenmp"]
+    for cmd in ([compiler, *flags, "-c", "-o", str(obj), str(source)],
+                [compiler, "-shared", *openmp, "-o", str(built), str(obj), "-lm"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            return (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
+    return ""
+
+
 def _load(path: Path) -> Any:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         getattr(lib, f"radial_forward_{suffix}").argtypes = [i64, i64, ptr, ptr, real, ptr, i64, real, ptr]
-        getattr(lib, f"radial_backward_{suffix}").argtypes = [i64, i64, ptr, ptr, real, ptr, i64, real, ptr, ptr]
+        getattr(lib, f"radial_backward_{suffix}").argtypes = [i64, i64, ptr, ptr, real, ptr, i64, real, ptr, ptr, i64]
         common = [i64, i64, ptr, ptr, ptr, ptr]
         params = [ptr, i64, ptr, ptr, i64, real, real, i64]
-        getattr(lib, f"angular_forward_{suffix}").argtypes = common + [ptr, ptr, i64] + params + [ptr, i64]
-        getattr(lib, f"angular_backward_{suffix}").argtypes = common + [ptr, ptr, ptr, i64] + params + [ptr, i64, ptr]
+        getattr(lib, f"angular_forward_{suffix}").argtypes = common + [ptr, ptr, i64] + params + [ptr, i64, i64]
+        getattr(lib, f"angular_backward_{suffix}").argtypes = common + [ptr, ptr, ptr, i64] + params + [ptr, i64, ptr, i64]
         for name in ("radial_forward", "radial_backward", "angular_forward", "angular_backward"):
             getattr(lib, f"{name}_{suffix}").restype = None
     return lib
@@ -328,29 +353,6 @@ def supports(aev, vectors: torch.Tensor) -> bool:
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
-
-
-def _run(fn, ranges: List[Tuple[int, int]], *args) -> None:
-    """``fn(a, b, *args)`` for each range, on the threads torch may use (ctypes releases the GIL)."""
-    if len(ranges) == 1:
-        fn(*ranges[0], *args)
-        return
-    pool = _state["pool"]
-    if pool is None or pool._max_workers < len(ranges):
-        pool = _state["pool"] = ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="nnp-aev")
-    for f in [pool.submit(fn, a, b, *args) for a, b in ranges]:
-        f.result()
-
-
-def _split(weights: torch.Tensor, parts: int) -> List[Tuple[int, int]]:
-    """Contiguous ranges of ``weights``' indices with about equal sums (one range when parts is 1)."""
-    n = weights.shape[0]
-    if parts <= 1 or n < 2 * parts:
-        return [(0, n)]
-    total = torch.cumsum(weights.to(torch.float64), 0)
-    marks = total[-1] * torch.arange(1, parts, dtype=torch.float64) / parts
-    cuts = [0, *torch.searchsorted(total, marks).add(1).clamp(max=n).tolist(), n]
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
 def _constants(aev, dtype: torch.dtype) -> Dict[str, Any]:
@@ -403,14 +405,14 @@ def forward(aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tens
         fc = (0.5 * (torch.cos(phase) + 1.0)).contiguous()
         dfc = ((-0.5 * torch.pi / aev.angular_cutoff) * torch.sin(phase)).contiguous()
         nsp = species[j[close]].contiguous()
-        ranges = _split(counts * counts, torch.get_num_threads())
         angular_out = out[:, aev.radial_length:]
-        _run(getattr(lib, f"angular_forward_{suffix}"), ranges,
-             _ptr(starts), _ptr(unit), _ptr(d_close), _ptr(fc), _ptr(nsp), _ptr(k["pair_index"]), aev.n_species,
+        getattr(lib, f"angular_forward_{suffix}")(
+             0, n, _ptr(starts), _ptr(unit), _ptr(d_close), _ptr(fc), _ptr(nsp), _ptr(k["pair_index"]), aev.n_species,
              _ptr(k["angular_shifts"]), k["angular_shifts"].numel(), _ptr(k["cos_s"]), _ptr(k["sin_s"]),
-             k["cos_s"].numel(), aev.angular_eta, k["zeta"], k["izeta"], _ptr(angular_out), width)
+             k["cos_s"].numel(), aev.angular_eta, k["zeta"], k["izeta"], _ptr(angular_out), width,
+             torch.get_num_threads())
     state = {"vectors": vectors, "distances": distances, "rows": rows, "close": close, "starts": starts,
-             "unit": unit, "d_close": d_close, "fc": fc, "dfc": dfc, "nsp": nsp, "ranges": ranges, "constants": k,
+             "unit": unit, "d_close": d_close, "fc": fc, "dfc": dfc, "nsp": nsp, "constants": k,
              "n_centers": n}
     return out, state
 
@@ -427,17 +429,17 @@ def backward(aev, state: Dict[str, Any], grad: torch.Tensor) -> torch.Tensor:
         distances = state["distances"]
         n_pairs = distances.shape[0]
         dd = torch.empty_like(distances)
-        pair_ranges = _split(torch.ones(n_pairs), torch.get_num_threads()) if n_pairs > 4096 else [(0, n_pairs)]
-        _run(getattr(lib, f"radial_backward_{suffix}"), pair_ranges,
-             _ptr(state["rows"]), _ptr(distances), aev.radial_cutoff, _ptr(k["radial_shifts"]),
-             k["radial_shifts"].numel(), aev.radial_eta, _ptr(g), _ptr(dd))
+        threads = torch.get_num_threads()
+        getattr(lib, f"radial_backward_{suffix}")(
+             0, n_pairs, _ptr(state["rows"]), _ptr(distances), aev.radial_cutoff, _ptr(k["radial_shifts"]),
+             k["radial_shifts"].numel(), aev.radial_eta, _ptr(g), _ptr(dd), threads)
         grad_close = torch.zeros_like(state["unit"])
-        _run(getattr(lib, f"angular_backward_{suffix}"), state["ranges"],
-             _ptr(state["starts"]), _ptr(state["unit"]), _ptr(state["d_close"]), _ptr(state["fc"]), _ptr(state["dfc"]),
+        getattr(lib, f"angular_backward_{suffix}")(
+             0, state["n_centers"], _ptr(state["starts"]), _ptr(state["unit"]), _ptr(state["d_close"]), _ptr(state["fc"]), _ptr(state["dfc"]),
              _ptr(state["nsp"]), _ptr(k["pair_index"]), aev.n_species,
              _ptr(k["angular_shifts"]), k["angular_shifts"].numel(), _ptr(k["cos_s"]), _ptr(k["sin_s"]),
              k["cos_s"].numel(), aev.angular_eta, k["zeta"], k["izeta"], _ptr(g[:, aev.radial_length:]), width,
-             _ptr(grad_close))
+             _ptr(grad_close), threads)
         out = dd[:, None] * (vectors / distances[:, None])
         out.index_add_(0, state["close"], grad_close)
     return out
