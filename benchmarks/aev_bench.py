@@ -46,7 +46,7 @@ def timed(fn) -> float:
 
 
 def interleaved(variants: dict, rounds: int) -> dict:
-    """name -> median seconds of one call, the variants called in turn, order rotating by round."""
+    """name -> seconds of one call per round, the variants called in turn, order rotating by round."""
     names = list(variants)
     for name in names:  # warm-up
         variants[name]()
@@ -56,7 +56,15 @@ def interleaved(variants: dict, rounds: int) -> dict:
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(timed(variants[name]))
-    return {name: statistics.median(v) for name, v in times.items()}
+    return times
+
+
+def ratio_interval(theirs: list, ours: list) -> dict:
+    """Median and 90% interval (5th to 95th percentile) of the per-round ratios theirs / ours:
+    the two were timed back to back in each round, so each ratio shares the round's load."""
+    ratios = sorted(t / o for t, o in zip(theirs, ours))
+    pick = lambda q: ratios[min(len(ratios) - 1, max(0, round(q * (len(ratios) - 1))))]  # noqa: E731
+    return {"median": statistics.median(ratios), "low": pick(0.05), "high": pick(0.95), "rounds": len(ratios)}
 
 
 def torchani_side(structures, batch_size: int):
@@ -109,12 +117,13 @@ def batch_case(threads: int, rounds: int, with_peer: bool) -> dict:
     variants = {"nnp_fused": full(True), "nnp_reference": full(False)}
     peer = torchani_side(structures, 256) if with_peer else None
     variants.update(peer or {})
-    whole = interleaved(variants, rounds)
+    rounds_s = interleaved(variants, rounds)
+    whole = {k: statistics.median(v) for k, v in rounds_s.items()}
     out: dict = {"threads": threads, "batch_ms": {k: 1e3 * v for k, v in whole.items()}}
     out["molecules_per_s"] = {k: 256 / v for k, v in whole.items()}
     for peer_name in ("torchani_jit", "torchani_eager", "nnp_reference"):
         if peer_name in whole:
-            out[f"ratio_vs_{peer_name}"] = whole[peer_name] / whole["nnp_fused"]
+            out[f"ratio_vs_{peer_name}"] = ratio_interval(rounds_s[peer_name], rounds_s["nnp_fused"])
 
     # the parts of nnp's batch (the first batch)
     batch = data[0]
@@ -155,7 +164,7 @@ def batch_case(threads: int, rounds: int, with_peer: bool) -> dict:
     }
     if native is not None:
         parts["aev_fused_native"] = descriptor(True, True)
-    measured = interleaved(parts, rounds)
+    measured = {k: statistics.median(v) for k, v in interleaved(parts, rounds).items()}
     gemm_s = measured.pop("gemm")
     out["parts_ms"] = {k: 1e3 * v for k, v in measured.items()}
     out["atoms"], out["pairs"] = int(species.shape[0]), int(pairs.shape[1])
