@@ -148,3 +148,17 @@ def test_kernel_leaves_the_floating_point_environment_alone(backend):
     aev_native.library()
     tiny_value = torch.tensor([1e-40], dtype=torch.float32)
     assert float(tiny_value * 1.0) > 0.0
+
+
+def test_non_finite_vectors_propagate_like_the_reference(backend):
+    """NaN in a pair vector: the kernel (built with -ffast-math) is bypassed, NaN reaches the AEV as in the reference."""
+    pot = make_potential("ani", torch.float64).eval()
+    aev = pot.model.aev
+    species, pairs, vectors = pair_geometry(pot, batch_of([ethanol()], torch.float64))
+    vectors = vectors.clone()
+    vectors[3, 0] = float("nan")
+    v = vectors.requires_grad_(True)
+    fused = aev(species, pairs, v, torch.linalg.norm(v, dim=-1))
+    aev.fused = False
+    reference = aev(species, pairs, v, torch.linalg.norm(v, dim=-1))
+    assert torch.equal(torch.isnan(fused), torch.isnan(reference)) and bool(torch.isnan(fused).any())

@@ -3,11 +3,13 @@
 Autograd of :meth:`nnp.models.aev.AEV._compute` keeps every intermediate of
 the angular terms (tens of (32, triples) tensors per batch) and replays them
 op by op in the backward pass. :class:`FusedAEV` instead computes the AEVs
-without a graph, keeps the geometry :meth:`~nnp.models.aev.AEV.forward_with_geometry`
-returns (per pair and per triple, no (32, triples) tensor), and its backward
-is the closed-form vector-Jacobian product
-:meth:`~nnp.models.aev.AEV._vector_jacobian_many` (the one a committee uses for
-all its members at once: one implementation of the derivative).
+without a graph and keeps only geometry, and its backward is the closed-form
+vector-Jacobian product: on the compiled kernel (:mod:`nnp.models.aev_native`,
+which keeps per-pair terms only and recomputes each triple's in the backward),
+or, without a compiler, on torch ops: the geometry of
+:meth:`~nnp.models.aev.AEV.forward_with_geometry` (no (32, triples) tensor) and
+:meth:`~nnp.models.aev.AEV._vector_jacobian_many`, the closed form a committee
+uses for all its members at once.
 
 Double backward (training on forces, ``create_graph=True``): the backward then
 differentiates the reference forward by autograd, on the saved pair vectors

@@ -286,9 +286,9 @@ def _build() -> Path:
         raise RuntimeError(f"no C compiler {named!r}" if named else "no C compiler (cc, gcc or clang) on PATH")
     # -ffast-math lets the compiler vectorize exp (glibc's vector math); compiled only, never
     # linked with it: linking with it adds crtfastmath, which would set flush-to-zero for the
-    # whole process. Inputs are checked for NaN before they get here (nnp.data).
-    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC"]
-    key = hashlib.sha256("\0".join([SOURCE, compiler, *flags, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+    # whole process. It assumes finite numbers: supports() sends non-finite vectors to torch ops.
+    flags = ["-O3", "-ffast-math", "-fPIC"]
+    key = hashlib.sha256("\0".join([SOURCE, compiler, *flags, "native", platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"nnp-{os.getuid() if hasattr(os, 'getuid') else 0}"):
         target = folder / f"aev_kernel_{key}.so"
         if target.is_file():
@@ -301,9 +301,10 @@ def _build() -> Path:
                 built = Path(tmp) / "aev_kernel.so"
                 obj = Path(tmp) / "aev_kernel.o"
                 # OpenMP: the kernel's threads come from the libgomp torch has loaded (the same
-                # soname), so they are torch's own pool, not a second one; without it, one thread
-                for openmp in (["-fopenmp"], []):
-                    errors = _compile(compiler, [*flags, *openmp], source, obj, built)
+                # soname), so they are torch's own pool, not a second one; without it, one thread.
+                # -march=native: this CPU's vector width (compilers without it build without).
+                for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
+                    errors = _compile(compiler, [*flags, *extra], source, obj, built)
                     if not errors:
                         break
                 if errors:
@@ -342,12 +343,14 @@ def _load(path: Path) -> Any:
 
 
 def supports(aev, vectors: torch.Tensor) -> bool:
-    """Whether the kernel can run this AEV on these vectors (CPU, float32/64, at most MAX_TERMS terms)."""
+    """Whether the kernel can run this AEV on these vectors: CPU, float32/64, at most MAX_TERMS
+    terms, and finite (NaN then propagates through torch ops, as in the reference path)."""
     return (
         vectors.device.type == "cpu"
         and vectors.dtype in (torch.float32, torch.float64)
         and max(aev.radial_shifts.numel(), aev.angular_radial_shifts.numel(), aev.angle_shifts.numel()) <= MAX_TERMS
         and library() is not None
+        and bool(torch.isfinite(vectors).all())
     )
 
 
@@ -380,6 +383,11 @@ def forward(aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tens
         n = species.shape[0] if n_centers < 0 else n_centers
         i = pairs[0] - first_center if first_center != 0 else pairs[0]
         j = pairs[1]
+        # the kernel writes where these point: check what torch's indexing would have
+        if i.numel() > 0 and (int(i.min()) < 0 or int(i.max()) >= n):
+            raise IndexError(f"pair centers outside atoms {first_center}..{first_center + n - 1}")
+        if species.numel() > 0 and (int(species.min()) < 0 or int(species.max()) >= aev.n_species):
+            raise IndexError(f"species outside 0..{aev.n_species - 1}")
         distances = torch.linalg.norm(vectors, dim=-1)
         k = _constants(aev, vectors.dtype)
         n_r = k["radial_shifts"].numel()
