@@ -64,9 +64,11 @@ def to_batch(structures, dtype=torch.float32) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ cases
-def ani_batch(repeats: int, batch_size: int = 256, model: str = "ani") -> dict:
+def ani_batch(repeats: int, batch_size: int = 256, model: str = "ani", fused: bool = True) -> dict:
+    """``fused=False``: ANI's reference descriptor path (autograd through the AEV's ops)."""
     structures = split_structures(load_npz("chno"))
     pot = build(model, structures).eval()
+    set_fused(pot, fused)
     inputs = [to_batch(b) for b in batches(structures, batch_size)]
     state = {"k": 0}
 
@@ -88,9 +90,15 @@ def single_point(repeats: int, system: str, model: str = "ani") -> dict:
     return {**t, **mem, "n_atoms": n, "items_per_s": n / t["median_s"], "unit": "atoms/s"}
 
 
-def train(repeats: int, dataset: str, batch_size: int, model: str = "ani") -> dict:
+def set_fused(pot: Potential, fused: bool) -> None:
+    if hasattr(pot.model, "aev"):
+        pot.model.aev.fused = bool(fused)
+
+
+def train(repeats: int, dataset: str, batch_size: int, model: str = "ani", fused: bool = True) -> dict:
     structures = split_structures(load_npz(dataset))
     pot = build(model, structures).train()
+    set_fused(pot, fused)
     loss_fn = EnergyForceLoss()
     opt = torch.optim.AdamW(pot.parameters(), lr=1e-3)
     data = [to_batch(b) for b in batches(structures, batch_size)]

@@ -1,0 +1,66 @@
+"""The AEV as one autograd node: a forward that keeps only its per-pair and per-triple geometry, and a closed-form backward.
+
+Autograd of :meth:`nnp.models.aev.AEV._compute` keeps every intermediate of
+the angular terms (tens of (32, triples) tensors per batch) and replays them
+op by op in the backward pass. :class:`FusedAEV` instead computes the AEVs
+without a graph and keeps only geometry, and its backward is the closed-form
+vector-Jacobian product: on the compiled kernel (:mod:`nnp.models.aev_native`,
+which keeps per-pair terms only and recomputes each triple's in the backward),
+or, without a compiler, on torch ops: the geometry of
+:meth:`~nnp.models.aev.AEV.forward_with_geometry` (no (32, triples) tensor) and
+:meth:`~nnp.models.aev.AEV._vector_jacobian_many`, the closed form a committee
+uses for all its members at once.
+
+Double backward (training on forces, ``create_graph=True``): the backward then
+differentiates the reference forward by autograd, on the saved pair vectors
+(which carry their graph back to positions and strain), so the force-loss
+gradients are those of the reference path. The fused path is the default of
+every eager ANI model; TorchScript runs the reference forward
+(``AEV.fused = False`` selects it in eager mode too, for the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nnp.models import aev_native
+
+
+class FusedAEV(torch.autograd.Function):
+    """AEVs (n_centers, length) of ``aev`` from pair vectors (P, 3) Å; distances are ``|vectors|``."""
+
+    @staticmethod
+    def forward(ctx: Any, aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tensor,
+                first_center: int, n_centers: int) -> torch.Tensor:
+        ctx.native = aev_native.supports(aev, vectors)
+        if ctx.native:
+            features, ctx.geometry = aev_native.forward(aev, species, pairs, vectors, first_center, n_centers)
+        else:
+            with torch.no_grad():
+                ctx.distances = torch.linalg.norm(vectors, dim=-1)
+                features, ctx.geometry = aev._compute(species, pairs, vectors, ctx.distances, first_center, n_centers, True)
+        ctx.aev = aev
+        ctx.args = (species, pairs, first_center, n_centers)
+        ctx.save_for_backward(vectors)
+        return features
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        (vectors,) = ctx.saved_tensors
+        aev = ctx.aev
+        species, pairs, first_center, n_centers = ctx.args
+        if torch.is_grad_enabled():
+            # create_graph: the gradient must itself be differentiable (forces in a loss), with
+            # respect to dE/dAEV and to the vectors: autograd of the reference forward
+            with torch.enable_grad():
+                v = vectors if vectors.requires_grad else vectors.detach().requires_grad_(True)
+                features = aev._compute(species, pairs, v, torch.linalg.norm(v, dim=-1), first_center, n_centers, False)[0]
+                (out,) = torch.autograd.grad([features], [v], [grad], create_graph=True)
+        elif ctx.native:
+            out = aev_native.backward(aev, ctx.geometry, grad)
+        else:
+            g = grad.contiguous()[None]
+            out = aev._vector_jacobian_many(vectors, ctx.distances, g, ctx.geometry, 0)[0].t()
+        return None, None, None, out, None, None
