@@ -27,6 +27,7 @@ setup(
     packages=find_packages(include=["nnp", "nnp.*"]) + conf_packages + dataset_packages,
     package_dir={"nnp.conf": "conf", "nnp.datasets": "datasets"},
     package_data={
+        "nnp.models": ["*.c"],  # the ANI descriptor kernel's source, compiled at first use
         **{name: ["*.yaml"] for name in conf_packages},
         **{name: ["*.h5", "*.extxyz", "*.xyz", "*.md"] for name in dataset_packages},
     },

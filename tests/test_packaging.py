@@ -23,3 +23,4 @@ def test_wheel_ships_configs_and_demo_data(tmp_path):
         assert "nnp/conf/" + str(shipped.relative_to(REPO / "conf")) in names, shipped
     assert "nnp/datasets/chno-mini.h5" in names
     assert "nnp/scripts/ddp_train.py" in names
+    assert "nnp/models/aev_kernel.c" in names  # compiled at first use (nnp/models/aev_native.py)
