@@ -1,0 +1,128 @@
+"""Radial filters whose distance derivative is carried forward (the training fast path).
+
+A continuous filter W(r) (P, F) depends on one scalar per pair, the distance r.
+Training on forces differentiates the energy twice: once for the forces
+(dE/dr through the filter network) and once more for the parameter gradient of
+the force loss (a double backward through the network). Here the slope dW/dr is
+computed in the forward pass alongside W, as a dual number through the small
+network (for y = act(x A + b): dy/dr = act'(x A + b) * (dx/dr A)), and
+:class:`ByDistance` hands it to autograd: the forces then need no backward
+through the filter network at all, and the loss gradient needs only a
+first-order backward through the graph of W and dW/dr instead of a double
+backward (no second derivatives of the activation, no gradient with respect
+to the radial basis).
+
+Same numbers as plain autograd (tests/test_filters.py checks energies, forces
+and loss gradients against the reference path, and gradcheck/gradgradcheck of
+:class:`ByDistance` in float64). One limit, why models use it in training mode
+only: second derivatives with respect to positions (Hessians) miss the
+filter's curvature, since W and dW/dr are computed from the detached distance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nnp.nn.mlp import ShiftedSoftplus
+
+
+class ByDistance(torch.autograd.Function):
+    """``w * scale[:, None]`` whose gradient with respect to ``r`` is ``sum_f grad_f * w_dot_f``.
+
+    Inputs: r (P,) distances (the only path to the positions), w (P, F) the raw
+    filter of the detached distance (its graph reaches the parameters only),
+    w_dot (P, F) = d(w * scale)/dr, scale (P,) (the cutoff, no gradient).
+    Differentiable twice: the backward is made of autograd operations on the
+    saved w_dot, so the loss gradient reaches the parameters through it.
+    """
+
+    @staticmethod
+    def forward(ctx, r: torch.Tensor, w: torch.Tensor, w_dot: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w_dot, scale)
+        return w * scale[:, None]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w_dot, scale = ctx.saved_tensors
+        grad_r = (grad * w_dot).sum(1) if ctx.needs_input_grad[0] else None
+        grad_w = grad * scale[:, None] if ctx.needs_input_grad[1] else None
+        return grad_r, grad_w, None, None
+
+
+def activation_and_slope(act: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act(z), act'(z)) for the activations :func:`supports_slope` accepts."""
+    if isinstance(act, ShiftedSoftplus):
+        return nn.functional.softplus(z) - math.log(2.0), torch.sigmoid(z)
+    if isinstance(act, nn.Softplus):
+        return nn.functional.softplus(z), torch.sigmoid(z)
+    if isinstance(act, nn.SiLU):
+        s = torch.sigmoid(z)
+        return z * s, s * (1.0 + z * (1.0 - s))
+    if isinstance(act, nn.Tanh):
+        t = torch.tanh(z)
+        return t, 1.0 - t * t
+    raise TypeError(f"no slope for activation {type(act).__name__}")
+
+
+def supports_slope(act: nn.Module) -> bool:
+    if isinstance(act, nn.Softplus):
+        return act.beta == 1.0
+    return isinstance(act, (ShiftedSoftplus, nn.SiLU, nn.Tanh))
+
+
+def has_value_and_derivative(*modules: nn.Module) -> bool:
+    return all(callable(getattr(m, "value_and_derivative", None)) for m in modules)
+
+
+def two_layer_filters(
+    nets: list[nn.Sequential], radial: nn.Module, cutoff_fn: nn.Module, r: torch.Tensor
+) -> list[torch.Tensor]:
+    """Filters net(radial(r)) * cutoff(r) (P, F) of several Linear -> act -> Linear nets, with dW/dr carried.
+
+    The first layers of all nets are one product over the shared radial basis
+    and its derivative (stacked: (2P, n_rbf) x (n_rbf, T F)); each second layer
+    is one product for the values and one for the slopes.
+    """
+    rd = r.detach()
+    rbf, drbf = radial.value_and_derivative(rd)
+    fc, dfc = cutoff_fn.value_and_derivative(rd)
+    w1 = torch.cat([net[0].weight for net in nets])  # (T F, n_rbf)
+    b1 = torch.cat([net[0].bias for net in nets])
+    n = rd.shape[0]
+    z_both = torch.mm(torch.cat([rbf, drbf]), w1.t())  # (2P, T F)
+    a, slope = activation_and_slope(nets[0][1], z_both[:n] + b1)
+    da = slope * z_both[n:]
+    out = []
+    start = 0
+    for net in nets:
+        stop = start + net[0].out_features
+        w2 = net[2].weight.t()
+        w = torch.addmm(net[2].bias, a[:, start:stop], w2)  # (P, F) before the cutoff
+        w_dot = torch.addcmul(torch.mm(da[:, start:stop], w2) * fc[:, None], w, dfc[:, None])
+        out.append(ByDistance.apply(r, w, w_dot, fc))
+        start = stop
+    return out
+
+
+def linear_filters(linears: list[nn.Linear], radial: nn.Module, cutoff_fn: nn.Module, r: torch.Tensor) -> list[torch.Tensor]:
+    """Filters (radial(r) W^T + b) cutoff(r) (P, F) of several linear layers (PaiNN's), dW/dr carried.
+
+    One product over the stacked basis and its derivative for all layers.
+    """
+    rd = r.detach()
+    rbf, drbf = radial.value_and_derivative(rd)
+    fc, dfc = cutoff_fn.value_and_derivative(rd)
+    n = rd.shape[0]
+    both = torch.mm(torch.cat([rbf, drbf]), torch.cat([lin.weight for lin in linears]).t())  # (2P, T F)
+    w_all = both[:n] + torch.cat([lin.bias for lin in linears])
+    w_dot_all = torch.addcmul(both[n:] * fc[:, None], w_all, dfc[:, None])
+    out = []
+    start = 0
+    for lin in linears:
+        stop = start + lin.out_features
+        out.append(ByDistance.apply(r, w_all[:, start:stop], w_dot_all[:, start:stop], fc))
+        start = stop
+    return out
