@@ -4,7 +4,8 @@ Checked against the reference path (plain autograd through the filter network,
 what eval mode and TorchScript use): energies, forces and the parameter
 gradients of a force-and-energy training loss to float64 tolerance, on
 molecules and a periodic cell; the autograd Function by gradcheck and
-gradgradcheck; the basis and cutoff slopes against autograd.
+gradgradcheck; the basis and cutoff slopes against autograd; and the training backward restricted
+to the parameters (nnp.training.backward) against a plain backward.
 """
 
 from __future__ import annotations
@@ -127,3 +128,20 @@ def test_value_and_derivative_match_autograd(module):
         [torch.autograd.grad(columns[:, k].sum(), r, retain_graph=True)[0] for k in range(columns.shape[1])], 1
     )
     torch.testing.assert_close(slope.reshape(r.shape[0], -1), ref_slope)
+
+
+def test_backward_to_parameters_equals_plain_backward():
+    """The training backward (nnp.training.backward) skips d loss / d positions, not any parameter gradient."""
+    from nnp.training.backward import backward_to_parameters
+
+    pot = make_potential("painn", F64).train()
+    batch = _labelled([ethanol(), acetamide()], 0)
+    grads = []
+    for restricted in (False, True):
+        pot.zero_grad(set_to_none=True)
+        loss, _ = EnergyForceLoss()(pot(batch, compute_forces=True, create_graph=True), batch)
+        backward_to_parameters(loss, pot) if restricted else loss.backward()
+        grads.append({n: p.grad.clone() for n, p in pot.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for key, g in grads[0].items():
+        torch.testing.assert_close(grads[1][key], g, rtol=1e-12, atol=1e-14, msg=key)

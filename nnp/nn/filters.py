@@ -91,19 +91,16 @@ def two_layer_filters(
     fc, dfc = cutoff_fn.value_and_derivative(rd)
     w1 = torch.cat([net[0].weight for net in nets])  # (T F, n_rbf)
     b1 = torch.cat([net[0].bias for net in nets])
-    n = rd.shape[0]
-    z_both = torch.mm(torch.cat([rbf, drbf]), w1.t())  # (2P, T F)
-    a, slope = activation_and_slope(nets[0][1], z_both[:n] + b1)
-    da = slope * z_both[n:]
+    # splits, not slices: the backward of a split is one concatenation, a slice's fills zeros
+    z, z_dot = torch.mm(torch.cat([rbf, drbf]), w1.t()).split([rd.shape[0], rd.shape[0]])  # (P, T F) each
+    a, slope = activation_and_slope(nets[0][1], z + b1)
+    widths = [net[0].out_features for net in nets]
     out = []
-    start = 0
-    for net in nets:
-        stop = start + net[0].out_features
+    for net, a_t, da_t in zip(nets, a.split(widths, 1), (slope * z_dot).split(widths, 1)):
         w2 = net[2].weight.t()
-        w = torch.addmm(net[2].bias, a[:, start:stop], w2)  # (P, F) before the cutoff
-        w_dot = torch.addcmul(torch.mm(da[:, start:stop], w2) * fc[:, None], w, dfc[:, None])
+        w = torch.addmm(net[2].bias, a_t, w2)  # (P, F) before the cutoff
+        w_dot = torch.addcmul(torch.mm(da_t, w2) * fc[:, None], w, dfc[:, None])
         out.append(ByDistance.apply(r, w, w_dot, fc))
-        start = stop
     return out
 
 
@@ -115,14 +112,9 @@ def linear_filters(linears: list[nn.Linear], radial: nn.Module, cutoff_fn: nn.Mo
     rd = r.detach()
     rbf, drbf = radial.value_and_derivative(rd)
     fc, dfc = cutoff_fn.value_and_derivative(rd)
-    n = rd.shape[0]
-    both = torch.mm(torch.cat([rbf, drbf]), torch.cat([lin.weight for lin in linears]).t())  # (2P, T F)
-    w_all = both[:n] + torch.cat([lin.bias for lin in linears])
-    w_dot_all = torch.addcmul(both[n:] * fc[:, None], w_all, dfc[:, None])
-    out = []
-    start = 0
-    for lin in linears:
-        stop = start + lin.out_features
-        out.append(ByDistance.apply(r, w_all[:, start:stop], w_dot_all[:, start:stop], fc))
-        start = stop
-    return out
+    weight = torch.cat([lin.weight for lin in linears])
+    w_all, w_dot_all = torch.mm(torch.cat([rbf, drbf]), weight.t()).split([rd.shape[0], rd.shape[0]])  # (P, T F) each
+    w_all = w_all + torch.cat([lin.bias for lin in linears])
+    w_dot_all = torch.addcmul(w_dot_all * fc[:, None], w_all, dfc[:, None])
+    widths = [lin.out_features for lin in linears]
+    return [ByDistance.apply(r, w, w_dot, fc) for w, w_dot in zip(w_all.split(widths, 1), w_dot_all.split(widths, 1))]
