@@ -1,4 +1,4 @@
-"""Filters with dW/dr carried forward (nnp.nn.filters), the training fast path of SchNet and PaiNN.
+"""Filters with dW/dr carried forward (nnp.nn.filters), the training fast path of SchNet.
 
 Checked against the reference path (plain autograd through the filter network,
 what eval mode and TorchScript use): energies, forces and the parameter
@@ -39,15 +39,13 @@ def _training_step(pot, batch, tangent: bool):
     return pred, loss, {n: g for (n, _), g in zip(pot.named_parameters(), grads) if g is not None}
 
 
-@pytest.mark.parametrize("name", ["schnet", "painn"])
-@pytest.mark.parametrize("activation", [None, "tanh"])
-def test_tangent_filters_equal_reference(name, activation):
-    overrides = {"activation": activation} if activation else {}
-    if name == "painn":
-        overrides["cutoff_fn"] = "polynomial" if activation else "cosine"
-    if name == "schnet" and activation:
-        overrides["radial_basis"] = "bessel"
-    pot = make_potential(name, F64, **overrides).train()
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"activation": "tanh", "radial_basis": "bessel", "cutoff_fn": "polynomial"}, {"activation": "silu"}],
+    ids=["ssp-gaussian-cosine", "tanh-bessel-polynomial", "silu"],
+)
+def test_tangent_filters_equal_reference(overrides):
+    pot = make_potential("schnet", F64, **overrides).train()
     assert pot.model.tangent_filters
     water = periodic_water()
     water.rattle(0.05, seed=3)

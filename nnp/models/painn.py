@@ -32,7 +32,6 @@ from nnp.nn import (
     scatter_sum,
 )
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
-from nnp.nn.filters import has_value_and_derivative, linear_filters
 
 
 class PaiNNLayer(nn.Module):
@@ -141,8 +140,6 @@ class PaiNN(AtomisticModel):
         # time). Memory settings only; results are the same.
         self.pair_chunk = 1 << 14
         self.chunk_above = 1 << 16
-        # Training on forces: filters with dW/dr carried forward (nnp.nn.filters). Same results.
-        self.tangent_filters = has_value_and_derivative(self.radial, self.cutoff_fn)
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -161,28 +158,14 @@ class PaiNN(AtomisticModel):
         i, j, distances, perm = halve_pairs(i, j, vectors, distances, species.shape[0])
         if perm is not None:
             unit = unit.index_select(0, perm)
-        s = self.embedding(species)
-        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
-        if not torch.jit.is_scripting() and self.training and self.tangent_filters and distances.requires_grad:
-            return self._forward_tangent(s, v, unit, i, j, distances)
         fcut = self.cutoff_fn(distances)[:, None]
         radial = torch.cat([self.radial(distances) * fcut, fcut], 1)  # (P', n_rbf + 1)
+        s = self.embedding(species)
+        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
         first = True
         for layer in self.layers:
             s, v = layer(s, v, radial, unit, i, j, first)
             first = False
-        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
-
-    @torch.jit.unused
-    def _forward_tangent(
-        self, s: torch.Tensor, v: torch.Tensor, unit: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-        distances: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """:meth:`forward` with the filters of :func:`nnp.nn.filters.linear_filters` (training)."""
-        filters = linear_filters([layer.filter for layer in self.layers], self.radial, self.cutoff_fn, distances)
-        for k, (layer, w) in enumerate(zip(self.layers, filters)):
-            ds, dv = layer.messages(layer.phi(s), v, w, unit, i, j, s.shape[0], k == 0)
-            s, v = layer.update_atoms(s + ds, v + dv)
         return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
 
     @torch.jit.unused

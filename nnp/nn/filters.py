@@ -1,4 +1,4 @@
-"""Radial filters whose distance derivative is carried forward (the training fast path).
+"""Radial filters whose distance derivative is carried forward (SchNet's training fast path).
 
 A continuous filter W(r) (P, F) depends on one scalar per pair, the distance r.
 Training on forces differentiates the energy twice: once for the forces
@@ -17,6 +17,10 @@ and loss gradients against the reference path, and gradcheck/gradgradcheck of
 :class:`ByDistance` in float64). One limit, why models use it in training mode
 only: second derivatives with respect to positions (Hessians) miss the
 filter's curvature, since W and dW/dr are computed from the detached distance.
+
+PaiNN's filter is one linear layer on 21 basis functions: plain autograd through
+it costs a (P, 21) product, less than carrying a (P, 3F) slope (measured 0.90x),
+so PaiNN keeps the autograd path.
 """
 
 from __future__ import annotations
@@ -102,19 +106,3 @@ def two_layer_filters(
         w_dot = torch.addcmul(torch.mm(da_t, w2) * fc[:, None], w, dfc[:, None])
         out.append(ByDistance.apply(r, w, w_dot, fc))
     return out
-
-
-def linear_filters(linears: list[nn.Linear], radial: nn.Module, cutoff_fn: nn.Module, r: torch.Tensor) -> list[torch.Tensor]:
-    """Filters (radial(r) W^T + b) cutoff(r) (P, F) of several linear layers (PaiNN's), dW/dr carried.
-
-    One product over the stacked basis and its derivative for all layers.
-    """
-    rd = r.detach()
-    rbf, drbf = radial.value_and_derivative(rd)
-    fc, dfc = cutoff_fn.value_and_derivative(rd)
-    weight = torch.cat([lin.weight for lin in linears])
-    w_all, w_dot_all = torch.mm(torch.cat([rbf, drbf]), weight.t()).split([rd.shape[0], rd.shape[0]])  # (P, T F) each
-    w_all = w_all + torch.cat([lin.bias for lin in linears])
-    w_dot_all = torch.addcmul(w_dot_all * fc[:, None], w_all, dfc[:, None])
-    widths = [lin.out_features for lin in linears]
-    return [ByDistance.apply(r, w, w_dot, fc) for w, w_dot in zip(w_all.split(widths, 1), w_dot_all.split(widths, 1))]
