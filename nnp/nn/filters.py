@@ -84,25 +84,23 @@ def has_value_and_derivative(*modules: nn.Module) -> bool:
 def two_layer_filters(
     nets: list[nn.Sequential], radial: nn.Module, cutoff_fn: nn.Module, r: torch.Tensor
 ) -> list[torch.Tensor]:
-    """Filters net(radial(r)) * cutoff(r) (P, F) of several Linear -> act -> Linear nets, with dW/dr carried.
+    """Filters net(radial(r)) * cutoff(r) (P, F) of Linear -> act -> Linear nets, with dW/dr carried.
 
-    The first layers of all nets are one product over the shared radial basis
-    and its derivative (stacked: (2P, n_rbf) x (n_rbf, T F)); each second layer
-    is one product for the values and one for the slopes.
+    The radial basis, the cutoff and their slopes are computed once for all nets.
+    Two products per layer (values and slopes) rather than one over stacked
+    inputs: the backward of a stack or split copies (P, F) gradients, and
+    measured no faster.
     """
     rd = r.detach()
     rbf, drbf = radial.value_and_derivative(rd)
     fc, dfc = cutoff_fn.value_and_derivative(rd)
-    w1 = torch.cat([net[0].weight for net in nets])  # (T F, n_rbf)
-    b1 = torch.cat([net[0].bias for net in nets])
-    # splits, not slices: the backward of a split is one concatenation, a slice's fills zeros
-    z, z_dot = torch.mm(torch.cat([rbf, drbf]), w1.t()).split([rd.shape[0], rd.shape[0]])  # (P, T F) each
-    a, slope = activation_and_slope(nets[0][1], z + b1)
-    widths = [net[0].out_features for net in nets]
     out = []
-    for net, a_t, da_t in zip(nets, a.split(widths, 1), (slope * z_dot).split(widths, 1)):
+    for net in nets:
+        w1 = net[0].weight.t()
+        a, slope = activation_and_slope(net[1], torch.addmm(net[0].bias, rbf, w1))
+        da = slope * torch.mm(drbf, w1)
         w2 = net[2].weight.t()
-        w = torch.addmm(net[2].bias, a_t, w2)  # (P, F) before the cutoff
-        w_dot = torch.addcmul(torch.mm(da_t, w2) * fc[:, None], w, dfc[:, None])
+        w = torch.addmm(net[2].bias, a, w2)  # (P, F) before the cutoff
+        w_dot = torch.addcmul(torch.mm(da, w2) * fc[:, None], w, dfc[:, None])  # d(w fc)/dr
         out.append(ByDistance.apply(r, w, w_dot, fc))
     return out
