@@ -5,7 +5,7 @@ them again: a plain ``loss.backward()`` also computes d loss / d positions
 (the whole position branch of the double backward: radial bases, unit vectors,
 pair geometry), which training never uses. Naming the parameters as the
 backward's ``inputs`` prunes that branch: 6-10% of a SchNet/PaiNN training step
-measured on CHNO batches (benchmarks/README.md). Gradients are the same.
+measured on CHNO batches with torch 2.13 (benchmarks/README.md). Gradients are the same.
 """
 
 from __future__ import annotations
