@@ -33,6 +33,7 @@ from nnp import keys  # noqa: E402
 from nnp.calculator import NNPCalculator, batch_to  # noqa: E402
 from nnp.data.collate import collate  # noqa: E402
 from nnp.potential import Potential  # noqa: E402
+from nnp.training.backward import backward_to_parameters  # noqa: E402
 from nnp.training.loss import EnergyForceLoss  # noqa: E402
 
 # Sizes shared with the SchNetPack models (see schnetpack_worker.py).
@@ -110,7 +111,7 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "ani", fused
         pred = pot(batch, compute_forces=True, create_graph=True)
         loss, _ = loss_fn(pred, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward_to_parameters(loss, pot)  # as nnp train's Lightning module does
         opt.step()
 
     t = measure(step, repeats, warmup=3)

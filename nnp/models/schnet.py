@@ -27,6 +27,7 @@ from nnp.nn import (
     scatter_sum,
 )
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
+from nnp.nn.filters import has_value_and_derivative, supports_slope, two_layer_filters
 
 
 class SchNetInteraction(nn.Module):
@@ -51,7 +52,10 @@ class SchNetInteraction(nn.Module):
         (see :func:`nnp.nn.pair_halves`): W(r_ij) = W(r_ji) is then evaluated
         once per undirected pair and shared by both directions.
         """
-        w = self.filter_net(rbf) * fcut[:, None]  # (P', n_filters)
+        return self.convolve(x, self.filter_net(rbf) * fcut[:, None], i, j)
+
+    def convolve(self, x: torch.Tensor, w: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The block's update from its filters w (P', n_filters), cutoff applied."""
         h = self.in2f(x).index_select(0, j)  # (P, n_filters)
         if w.shape[0] == h.shape[0]:
             messages = h * w
@@ -98,6 +102,11 @@ class SchNet(AtomisticModel):
         # Memory settings only; results are the same.
         self.pair_chunk = 1 << 15
         self.chunk_above = 1 << 17
+        # Training on forces: filters with dW/dr carried forward (nnp.nn.filters), so the
+        # loss gradient needs no double backward through the filter networks. Same results.
+        self.tangent_filters = has_value_and_derivative(self.radial, self.cutoff_fn) and supports_slope(
+            self.interactions[0].filter_net[1]
+        ) if n_interactions > 0 else False
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -112,11 +121,24 @@ class SchNet(AtomisticModel):
         if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
             return self._forward_chunked(species, i, j, distances)
         i, j, distances, _ = halve_pairs(i, j, inputs[keys.PAIR_VECTORS], distances, species.shape[0])
+        if not torch.jit.is_scripting() and self.training and self.tangent_filters and distances.requires_grad:
+            return self._forward_tangent(species, i, j, distances)
         rbf = self.radial(distances)
         fcut = self.cutoff_fn(distances)
         x = self.embedding(species)
         for interaction in self.interactions:
             x = x + interaction(x, rbf, fcut, i, j)
+        return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
+
+    @torch.jit.unused
+    def _forward_tangent(
+        self, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor, distances: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with the filters of :func:`nnp.nn.filters.two_layer_filters` (training)."""
+        filters = two_layer_filters([it.filter_net for it in self.interactions], self.radial, self.cutoff_fn, distances)
+        x = self.embedding(species)
+        for interaction, w in zip(self.interactions, filters):
+            x = x + interaction.convolve(x, w, i, j)
         return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
 
     @torch.jit.unused

@@ -23,6 +23,14 @@ class CosineCutoff(nn.Module):
         fc = 0.5 * (torch.cos(r * (math.pi / self.cutoff)) + 1.0)
         return torch.where(r < self.cutoff, fc, torch.zeros_like(fc))
 
+    def value_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r: (P,) Å -> (f (P,), df/dr (P,) 1/Å)."""
+        k = math.pi / self.cutoff
+        inside = r < self.cutoff
+        zero = torch.zeros_like(r)
+        fc = torch.where(inside, 0.5 * (torch.cos(r * k) + 1.0), zero)
+        return fc, torch.where(inside, (-0.5 * k) * torch.sin(r * k), zero)
+
 
 class PolynomialCutoff(nn.Module):
     """Polynomial envelope of Klicpera et al. (DimeNet), degree p (default 6).
@@ -45,6 +53,18 @@ class PolynomialCutoff(nn.Module):
             - p * (p + 1.0) / 2.0 * x.pow(self.p + 2)
         )
         return torch.where(x < 1.0, out, torch.zeros_like(out))
+
+    def value_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r: (P,) Å -> (f (P,), df/dr (P,) 1/Å)."""
+        x = r / self.cutoff
+        p = float(self.p)
+        slope = (
+            -p * (p + 1.0) * (p + 2.0) / 2.0 * x.pow(self.p - 1)
+            + p * (p + 1.0) * (p + 2.0) * x.pow(self.p)
+            - p * (p + 1.0) * (p + 2.0) / 2.0 * x.pow(self.p + 1)
+        ) / self.cutoff
+        inside = x < 1.0
+        return torch.where(inside, self(r), torch.zeros_like(r)), torch.where(inside, slope, torch.zeros_like(r))
 
 
 def build_cutoff(kind: str, cutoff: float) -> nn.Module:

@@ -29,6 +29,13 @@ class GaussianRBF(nn.Module):
         # most of these arguments are (gamma ~ 50 /Å^2 for 50 centres on 5 Å).
         return torch.exp((-self.gamma * (r[:, None] - self.centers.to(r.dtype)) ** 2).clamp(min=-80.0))
 
+    def value_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r: (P,) Å -> (basis (P, n_rbf), d basis / dr (P, n_rbf) 1/Å); zero slope where clamped, as autograd's."""
+        d = r[:, None] - self.centers.to(r.dtype)
+        arg = -self.gamma * d * d
+        value = torch.exp(arg.clamp(min=-80.0))
+        return value, torch.where(arg > -80.0, (-2.0 * self.gamma) * d * value, torch.zeros_like(value))
+
 
 class BesselRBF(nn.Module):
     """sin(k pi r / rc) / r, k = 1..n_rbf (DimeNet/PaiNN radial basis)."""
@@ -41,6 +48,13 @@ class BesselRBF(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """r: (P,) Å, r > 0 -> (P, n_rbf)."""
         return torch.sin(r[:, None] * self.freqs.to(r.dtype)) / r[:, None]
+
+    def value_and_derivative(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r: (P,) Å, r > 0 -> (basis (P, n_rbf), d basis / dr (P, n_rbf) 1/Å)."""
+        kr = r[:, None] * self.freqs.to(r.dtype)
+        inv_r = 1.0 / r[:, None]
+        value = torch.sin(kr) * inv_r
+        return value, (self.freqs.to(r.dtype) * torch.cos(kr) - value) * inv_r
 
 
 class InverseGaussianRBF(nn.Module):

@@ -12,6 +12,7 @@ from nnp import keys
 from nnp.calculator import batch_to
 from nnp.potential import Potential
 from nnp.registry import OPTIMIZERS, SCHEDULERS
+from nnp.training.backward import backward_to_parameters
 from nnp.training.loss import EnergyForceLoss
 from nnp.training.schedules import scaled_lr, warmup_factor
 
@@ -67,6 +68,10 @@ class PotentialModule(pl.LightningModule):
         # the loss weights in force this epoch (loss.stages), beside the losses in csv/metrics.csv
         self.log("loss_energy_weight", float(self.loss_fn.energy_weight), on_epoch=True)
         self.log("loss_forces_weight", float(self.loss_fn.forces_weight), on_epoch=True)
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # into the parameters only, not d loss / d positions (nnp.training.backward)
+        backward_to_parameters(loss, self, *args, **kwargs)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         # optim.warmup_steps: the first steps run at a fraction of the scheduled LR (nnp.training.schedules)
