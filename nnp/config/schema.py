@@ -286,6 +286,7 @@ class OptimConfig:
     momentum: float = setting(0.9, ge=0, le=1, hint="sgd")
     scheduler: SchedulerConfig | None = group(SchedulerConfig)
     warmup_steps: int = setting(0, ge=0, hint="optimizer steps of linear LR warmup; 0: none")
+    warmup_epochs: float = setting(0.0, ge=0, hint="LR warmup in epochs (x steps per epoch) when warmup_steps is 0")
 
 
 @dataclass

@@ -6,6 +6,12 @@ named schedule (``optim.scheduler``, plateau/cosine/none from
 :data:`nnp.registry.SCHEDULERS`) has set, only for the duration of the step,
 so the two combine without either overwriting the other.
 
+Cosine (``optim.scheduler.name=cosine``) decays the rate once per optimizer
+step, from ``optim.lr`` down to ``min_lr`` at the last step of the run
+(``trainer.max_epochs`` x steps per epoch; ``t_max`` epochs when set), so a
+15-epoch run ends as close to zero as a 500-epoch one. ``optim.warmup_epochs``
+gives the warmup in epochs (any data size); ``optim.warmup_steps`` > 0 wins.
+
 Loss stages (``loss.stages``) change the loss weights from an epoch on, the
 way the best recipes end a run (e.g. a last stage with a larger energy
 weight). Each stage is a mapping with ``from_epoch`` (0-based) and any of
@@ -18,6 +24,8 @@ the plateau schedule compare epochs of different stages on one scale.
 """
 
 from __future__ import annotations
+
+import math
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +44,41 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     return (step + 1) / (warmup_steps + 1)
+
+
+def run_steps(total_steps: float | int | None, max_epochs: int | None) -> tuple[int | None, float | None]:
+    """(optimizer steps of the run, steps per epoch) from Lightning's ``estimated_stepping_batches``;
+    (None, None) when the run has no step limit (``max_epochs=-1``)."""
+    if total_steps is None or not math.isfinite(float(total_steps)) or total_steps <= 0:
+        return None, None
+    per_epoch = float(total_steps) / max_epochs if max_epochs and max_epochs > 0 else None
+    return int(total_steps), per_epoch
+
+
+def resolve_warmup(optim: Mapping[str, Any], steps_per_epoch: float | None) -> int:
+    """Warmup steps: ``optim.warmup_steps`` when > 0, else ``optim.warmup_epochs`` x steps per epoch."""
+    steps = int(optim.get("warmup_steps") or 0)
+    if steps > 0:
+        return steps
+    epochs = float(optim.get("warmup_epochs") or 0.0)
+    return int(round(epochs * steps_per_epoch)) if epochs > 0 and steps_per_epoch else 0
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], max_epochs: int | None,
+                    total_steps: float | int | None = None) -> dict[str, Any]:
+    """Lightning's lr_scheduler dict of a cosine decay to ``min_lr`` over the run (``t_max`` epochs when set).
+
+    Stepped per optimizer step when the run's length in steps is known (``total_steps``), per epoch
+    otherwise; a run without an epoch limit decays over 100 epochs."""
+    steps, per_epoch = run_steps(total_steps, max_epochs)
+    epochs = int(cfg.get("t_max") or 0) or (max_epochs if max_epochs and max_epochs > 0 else 100)
+    min_lr = float(cfg.get("min_lr", 1e-6))
+    if per_epoch:
+        t_max = max(1, int(round(epochs * per_epoch)))
+        return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=min_lr),
+                "interval": "step"}
+    return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr),
+            "interval": "epoch"}
 
 
 @contextmanager
