@@ -13,7 +13,7 @@ from nnp import keys
 from nnp.errors import NNPError
 from nnp.training.averaging import EMA
 from nnp.training.loss import EnergyForceLoss
-from nnp.training.schedules import LossStages, parse_stages, weights_at
+from nnp.training.schedules import LossStages, parse_stages, resolve_stages, weights_at
 
 TINY_ANI = {"name": "ani", "hidden": [8], "hidden_per_element": None}
 
@@ -192,10 +192,24 @@ def test_cosine_decays_per_step_to_min_lr_with_warmup_in_epochs(tiny_data):
     ([{"energy_factor": 2}], "needs from_epoch"),
     ([{"from_epoch": 1, "energy_factor": 2, "energy_weight": 1}], "not both"),
     ([{"from_epoch": 1, "forces_weight": -1}], "a number >= 0"),
+    ([{"from_fraction": 1.5, "energy_factor": 10}], "loss.stages[0].from_fraction=1.5: a fraction"),
+    ([{"from_epoch": 3, "from_fraction": 0.5, "energy_factor": 10}], "one of them"),
 ])
 def test_bad_stages(stages, needle):
     with pytest.raises(NNPError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         parse_stages(stages)
+
+
+def test_stage_from_a_fraction_of_the_run():
+    """from_fraction: the same last fifth of a 15- or a 100-epoch run; refused without an epoch limit."""
+    stages = parse_stages([{"from_fraction": 0.8, "energy_factor": 10}, {"from_epoch": 2, "forces_factor": 0.5}])
+    assert resolve_stages(stages, 15) == [{"from_epoch": 2.0, "forces_factor": 0.5}, {"from_epoch": 12.0, "energy_factor": 10.0}]
+    assert resolve_stages(stages, 100)[1]["from_epoch"] == 80.0
+    base = {"energy_weight": 1.0, "forces_weight": 10.0}
+    assert weights_at(11, base, resolve_stages(stages, 15)) == {"energy_weight": 1.0, "forces_weight": 5.0}
+    assert weights_at(12, base, resolve_stages(stages, 15)) == {"energy_weight": 10.0, "forces_weight": 5.0}
+    with pytest.raises(NNPError, match="needs trainer.max_epochs"):
+        resolve_stages(stages, -1)
 
 
 # ------------------------------------------------------ loss on a hand-computed batch

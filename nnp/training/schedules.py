@@ -14,7 +14,9 @@ gives the warmup in epochs (any data size); ``optim.warmup_steps`` > 0 wins.
 
 Loss stages (``loss.stages``) change the loss weights from an epoch on, the
 way the best recipes end a run (e.g. a last stage with a larger energy
-weight). Each stage is a mapping with ``from_epoch`` (0-based) and any of
+weight). Each stage is a mapping with ``from_epoch`` (0-based) or
+``from_fraction`` (of ``trainer.max_epochs``: 0.8 = the last fifth of any run,
+rounded to the nearest epoch) and any of
 ``energy_weight`` / ``forces_weight`` (values) or ``energy_factor`` /
 ``forces_factor`` (multipliers of ``loss.energy_weight`` /
 ``loss.forces_weight``). The weights in force are logged every epoch
@@ -36,7 +38,7 @@ import torch
 
 from nnp.errors import NNPError
 
-STAGE_KEYS = ("from_epoch", "energy_weight", "forces_weight", "energy_factor", "forces_factor")
+STAGE_KEYS = ("from_epoch", "from_fraction", "energy_weight", "forces_weight", "energy_factor", "forces_factor")
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -108,12 +110,30 @@ def parse_stages(stages: Sequence[Mapping[str, Any]] | None) -> list[dict[str, f
                 raise NNPError(f"loss.stages[{i}].{key}: not a stage setting (settings: {', '.join(STAGE_KEYS)})")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise NNPError(f"loss.stages[{i}].{key}={value!r}: a number >= 0")
-        if "from_epoch" not in stage or int(stage["from_epoch"]) != stage["from_epoch"]:
-            raise NNPError(f"loss.stages[{i}]: needs from_epoch, a whole number (the 0-based epoch it starts at)")
+        if ("from_epoch" in stage) == ("from_fraction" in stage):
+            raise NNPError(f"loss.stages[{i}]: needs from_epoch (the 0-based epoch it starts at) or from_fraction "
+                           "(of trainer.max_epochs), one of them")
+        if "from_epoch" in stage and int(stage["from_epoch"]) != stage["from_epoch"]:
+            raise NNPError(f"loss.stages[{i}].from_epoch={stage['from_epoch']!r}: a whole number")
+        if "from_fraction" in stage and not stage["from_fraction"] <= 1:
+            raise NNPError(f"loss.stages[{i}].from_fraction={stage['from_fraction']!r}: a fraction of the run in [0, 1]")
         for term in ("energy", "forces"):
             if f"{term}_weight" in stage and f"{term}_factor" in stage:
                 raise NNPError(f"loss.stages[{i}]: give {term}_weight or {term}_factor, not both")
         out.append({k: float(v) for k, v in stage.items()})
+    return sorted(out, key=lambda s: s.get("from_epoch", s.get("from_fraction", 0.0)))
+
+
+def resolve_stages(stages: Sequence[Mapping[str, float]], max_epochs: int | None) -> list[dict[str, float]]:
+    """Stages with ``from_fraction`` turned into ``from_epoch`` = round(fraction x ``max_epochs``), sorted."""
+    out = []
+    for i, stage in enumerate(stages):
+        stage = dict(stage)
+        if "from_fraction" in stage:
+            if not max_epochs or max_epochs < 0:
+                raise NNPError(f"loss.stages[{i}].from_fraction needs trainer.max_epochs (not -1); use from_epoch")
+            stage["from_epoch"] = float(round(stage.pop("from_fraction") * max_epochs))
+        out.append(stage)
     return sorted(out, key=lambda s: s["from_epoch"])
 
 
@@ -140,6 +160,6 @@ class LossStages(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss_fn = pl_module.loss_fn
         base = {"energy_weight": pl_module.val_loss_fn.energy_weight, "forces_weight": pl_module.val_loss_fn.forces_weight}
-        weights = weights_at(trainer.current_epoch, base, self.stages)
+        weights = weights_at(trainer.current_epoch, base, resolve_stages(self.stages, trainer.max_epochs))
         loss_fn.energy_weight = weights["energy_weight"]
         loss_fn.forces_weight = weights["forces_weight"]
