@@ -28,7 +28,6 @@ the plateau schedule compare epochs of different stages on one scale.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
