@@ -28,6 +28,7 @@ the plateau schedule compare epochs of different stages on one scale.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -124,13 +125,18 @@ def parse_stages(stages: Sequence[Mapping[str, Any]] | None) -> list[dict[str, f
 
 
 def resolve_stages(stages: Sequence[Mapping[str, float]], max_epochs: int | None) -> list[dict[str, float]]:
-    """Stages with ``from_fraction`` turned into ``from_epoch`` = round(fraction x ``max_epochs``), sorted."""
+    """Stages with ``from_fraction`` turned into ``from_epoch`` = round(fraction x ``max_epochs``), sorted.
+
+    A run without an epoch limit (``max_epochs`` -1 or None: ``trainer.max_time`` only) has no
+    fraction: those stages are left out, with a warning (the default stage must not stop such a run)."""
     out = []
     for i, stage in enumerate(stages):
         stage = dict(stage)
         if "from_fraction" in stage:
             if not max_epochs or max_epochs < 0:
-                raise NNPError(f"loss.stages[{i}].from_fraction needs trainer.max_epochs (not -1); use from_epoch")
+                warnings.warn(f"loss.stages[{i}] (from_fraction) left out: the run has no trainer.max_epochs; "
+                              "give from_epoch instead", stacklevel=2)
+                continue
             stage["from_epoch"] = float(round(stage.pop("from_fraction") * max_epochs))
         out.append(stage)
     return sorted(out, key=lambda s: s["from_epoch"])
