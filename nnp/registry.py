@@ -91,19 +91,20 @@ def _sgd(params, cfg: Mapping[str, Any]):
 
 
 # ------------------------------------------------------------- LR schedules
-# builder(optimizer, cfg, max_epochs) -> Lightning's lr_scheduler dict, or None (no schedule);
+# builder(optimizer, cfg, max_epochs, total_steps) -> Lightning's lr_scheduler dict, or None (no schedule);
+# total_steps: the run's optimizer steps (Lightning's estimated_stepping_batches; inf without a limit);
 # cfg is optim.scheduler (a dict)
 
 SCHEDULERS = Registry("LR scheduler", "optim.scheduler.name")
 
 
 @SCHEDULERS.register("none")
-def _no_schedule(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
+def _no_schedule(optimizer, cfg: Mapping[str, Any], max_epochs: int | None, total_steps: float | None = None):
     return None
 
 
 @SCHEDULERS.register("plateau")
-def _plateau(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
+def _plateau(optimizer, cfg: Mapping[str, Any], max_epochs: int | None, total_steps: float | None = None):
     import torch
 
     s = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -114,13 +115,11 @@ def _plateau(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
 
 
 @SCHEDULERS.register("cosine")
-def _cosine(optimizer, cfg: Mapping[str, Any], max_epochs: int | None):
-    import torch
+def _cosine(optimizer, cfg: Mapping[str, Any], max_epochs: int | None, total_steps: float | None = None):
+    from nnp.training.schedules import cosine_schedule
 
-    # t_max 0 (or absent): one cosine over the whole run; max_epochs -1 (no limit) falls back to 100
-    t_max = int(cfg.get("t_max") or 0) or (max_epochs if max_epochs and max_epochs > 0 else 100)
-    s = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=float(cfg.get("min_lr", 1e-6)))
-    return {"scheduler": s, "interval": "epoch"}
+    # per optimizer step down to min_lr at the run's last step (t_max: epochs; 0: trainer.max_epochs)
+    return cosine_schedule(optimizer, cfg, max_epochs, total_steps)
 
 
 # ------------------------------------------------------------- energy terms

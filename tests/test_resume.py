@@ -54,7 +54,7 @@ def test_sigterm_checkpoint_exit_75_refused_config_damaged_checkpoint_and_resume
 
     # another config in the same run directory: refused, the differing key named, nothing touched
     code, text = nnp_cli(monkeypatch, capsys, *cmd, "trainer.max_epochs=3", "optim.lr=0.01")
-    assert code == 2 and "optim.lr: 0.001 -> 0.01" in error_line(text)
+    assert code == 2 and "optim.lr: 0.003 -> 0.01" in error_line(text)
     assert checkpoint_problem(last) is None
 
     # a last.ckpt cut short by hand: the previous one (end of epoch 0) is used instead

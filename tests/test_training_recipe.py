@@ -13,7 +13,7 @@ from nnp import keys
 from nnp.errors import NNPError
 from nnp.training.averaging import EMA
 from nnp.training.loss import EnergyForceLoss
-from nnp.training.schedules import LossStages, parse_stages, weights_at
+from nnp.training.schedules import LossStages, parse_stages, resolve_stages, weights_at
 
 TINY_ANI = {"name": "ani", "hidden": [8], "hidden_per_element": None}
 
@@ -169,15 +169,47 @@ def test_stages_change_the_weights_at_the_stated_epochs(tiny_data):
     assert weights_at(5, {"energy_weight": 1, "forces_weight": 1}, parse_stages(stages)) == {"energy_weight": 10.0, "forces_weight": 0.5}
 
 
+def test_cosine_decays_per_step_to_min_lr_with_warmup_in_epochs(tiny_data):
+    """optim.scheduler.name=cosine over the run's 8 steps (2 epochs x 4 batches), warmup_epochs=1 -> 4 steps:
+    lr_k = lr x (k+1)/5 (k < 4) x (1 + cos(pi k / 8)) / 2, reaching min_lr=0 after the last step."""
+    lrs = []
+
+    class LRs(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.optimizers[0].register_step_pre_hook(lambda o, a, k: lrs.append(o.param_groups[0]["lr"]))
+
+    module = _module(tiny_data, optim={"lr": 1e-3, "warmup_epochs": 1.0, "scheduler": {"name": "cosine", "min_lr": 0.0}})
+    t = _fit(tiny_data, module, [LRs()], max_epochs=2, limit_val_batches=0)
+    assert module.warmup_steps == 4
+    want = [1e-3 * (min(k + 1, 5) / 5) * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    np.testing.assert_allclose(lrs, want, rtol=1e-9, atol=1e-15)
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
+    assert module.optim_cfg.get("warmup_steps") is None  # warmup_steps > 0 would have won over warmup_epochs
+
+
 @pytest.mark.parametrize("stages, needle", [
     ([{"from_epoch": 1, "energy_facter": 2}], "loss.stages[0].energy_facter"),
     ([{"energy_factor": 2}], "needs from_epoch"),
     ([{"from_epoch": 1, "energy_factor": 2, "energy_weight": 1}], "not both"),
     ([{"from_epoch": 1, "forces_weight": -1}], "a number >= 0"),
+    ([{"from_fraction": 1.5, "energy_factor": 10}], "loss.stages[0].from_fraction=1.5: a fraction"),
+    ([{"from_epoch": 3, "from_fraction": 0.5, "energy_factor": 10}], "one of them"),
 ])
 def test_bad_stages(stages, needle):
     with pytest.raises(NNPError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         parse_stages(stages)
+
+
+def test_stage_from_a_fraction_of_the_run():
+    """from_fraction: the same last fifth of a 15- or a 100-epoch run; left out (warned) without an epoch limit."""
+    stages = parse_stages([{"from_fraction": 0.8, "energy_factor": 10}, {"from_epoch": 2, "forces_factor": 0.5}])
+    assert resolve_stages(stages, 15) == [{"from_epoch": 2.0, "forces_factor": 0.5}, {"from_epoch": 12.0, "energy_factor": 10.0}]
+    assert resolve_stages(stages, 100)[1]["from_epoch"] == 80.0
+    base = {"energy_weight": 1.0, "forces_weight": 10.0}
+    assert weights_at(11, base, resolve_stages(stages, 15)) == {"energy_weight": 1.0, "forces_weight": 5.0}
+    assert weights_at(12, base, resolve_stages(stages, 15)) == {"energy_weight": 10.0, "forces_weight": 5.0}
+    with pytest.warns(UserWarning, match="no trainer.max_epochs"):  # max_time only: the fraction stage is left out
+        assert resolve_stages(stages, -1) == [{"from_epoch": 2.0, "forces_factor": 0.5}]
 
 
 # ------------------------------------------------------ loss on a hand-computed batch

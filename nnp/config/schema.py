@@ -262,8 +262,9 @@ class LossConfig:
     huber_delta: float = setting(0.01, gt=0, hint="eV (per atom when per_atom_energy) and eV/Å")
     force_error: str = setting("component", choices=("component", "vector"), hint="MSE over force components or atoms' error vectors")
     stages: list[dict[str, float]] = setting(
-        [], item=Rule(item=Rule(ge=0)),
-        hint="[{from_epoch: 10, energy_factor: 10}]: energy_/forces_weight (values) or energy_/forces_factor from an epoch on")
+        [{"from_fraction": 0.67, "energy_factor": 10.0}], item=Rule(item=Rule(ge=0)),
+        hint="[{from_epoch: 10, energy_factor: 10}]: energy_/forces_weight (values) or energy_/forces_factor from an epoch on "
+             "(or from_fraction of trainer.max_epochs)")
 
 
 @dataclass
@@ -283,6 +284,7 @@ class OptimConfig:
     momentum: float = setting(0.9, ge=0, le=1, hint="sgd")
     scheduler: SchedulerConfig | None = group(SchedulerConfig)
     warmup_steps: int = setting(0, ge=0, hint="optimizer steps of linear LR warmup; 0: none")
+    warmup_epochs: float = setting(0.0, ge=0, hint="LR warmup in epochs (x steps per epoch) when warmup_steps is 0")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nnp.training.averaging import ema_callbacks
 from nnp.training.curves import LearningCurves
-from nnp.training.schedules import LossStages, parse_stages
+from nnp.training.schedules import LossStages, parse_stages, resolve_stages
 
 
 def recipe_callbacks(cfg: Mapping[str, Any], run_dir: str | Path) -> list[pl.Callback]:
@@ -29,7 +29,8 @@ def recipe_callbacks(cfg: Mapping[str, Any], run_dir: str | Path) -> list[pl.Cal
     if isinstance(ema, DictConfig) or isinstance(stages, ListConfig):
         ema, stages = (OmegaConf.to_container(v, resolve=True) if v is not None else None for v in (ema, stages))
     callbacks: list[pl.Callback] = list(ema_callbacks(ema))
-    if parse_stages(stages):
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if resolve_stages(parse_stages(stages), max_epochs if isinstance(max_epochs, int) else None):  # checked before work
         callbacks.append(LossStages(stages))
     callbacks.append(LearningCurves(run_dir))
     return callbacks

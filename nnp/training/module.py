@@ -14,7 +14,7 @@ from nnp.potential import Potential
 from nnp.registry import OPTIMIZERS, SCHEDULERS
 from nnp.training.backward import backward_to_parameters
 from nnp.training.loss import EnergyForceLoss
-from nnp.training.schedules import scaled_lr, warmup_factor
+from nnp.training.schedules import resolve_warmup, run_steps, scaled_lr, warmup_factor
 
 
 class PotentialModule(pl.LightningModule):
@@ -86,7 +86,10 @@ class PotentialModule(pl.LightningModule):
         optimizer = OPTIMIZERS.get(cfg.get("name") or "adamw")(params, cfg)
         sched = dict(cfg.get("scheduler") or {})
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        schedule = SCHEDULERS.get(sched.get("name") or "none")(optimizer, sched, max_epochs)
+        # the run's length in optimizer steps: cosine decays over it, optim.warmup_epochs counts in it
+        total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        self.warmup_steps = resolve_warmup(cfg, run_steps(total_steps, max_epochs)[1])
+        schedule = SCHEDULERS.get(sched.get("name") or "none")(optimizer, sched, max_epochs, total_steps)
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": schedule}
