@@ -10,6 +10,7 @@ backend (matscipy), as in its data pipeline and its ASE calculator.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -177,7 +178,9 @@ def train_command(model: str, dataset: str, epochs: int, batch_size: int = 32, s
     n_train, n_val = int(0.8 * structures), int(0.1 * structures)
 
     def one_training() -> dict:
+        here = os.getcwd()
         with tempfile.TemporaryDirectory() as tmp, epoch_timer() as timer:
+            os.chdir(tmp)  # AtomsDataModule writes its splitting.lock in the working directory
             db = spk.data.ASEAtomsData.create(
                 f"{tmp}/data.db", distance_unit="Ang", property_unit_dict={"energy": "eV", "forces": "eV/Ang"})
             db.add_systems([{"energy": np.array([a.get_potential_energy()]), "forces": a.get_forces()}
@@ -199,6 +202,7 @@ def train_command(model: str, dataset: str, epochs: int, batch_size: int = 32, s
                               logger=TensorBoardLogger(tmp), enable_progress_bar=False,
                               callbacks=[ModelCheckpoint(dirpath=f"{tmp}/ckpt", monitor="val_loss")])
             trainer.fit(task, datamodule=data)
+            os.chdir(here)
         return timer.result(n_train)
 
     return epoch_case(one_training, batch_size, f"AtomsDataModule + AtomisticTask + Trainer, {epochs} epochs")
