@@ -160,30 +160,25 @@ def command(framework: str, case: str, params: dict, serve: bool) -> tuple[list[
     return cmd + (["--serve"] if serve else []), env
 
 
-class Arm:
-    """One framework variant of a case in its own process; ``ask`` returns one round's result."""
+class Worker:
+    """A worker process of one framework's venv answering requests (one JSON line each)."""
 
-    def __init__(self, framework: str, variant: dict, case: dict):
-        self.framework, self.variant, self.case = framework, variant, case
-        self.key = f"{framework} {json.dumps(variant, sort_keys=True)}" if variant else framework
-        self.proc: subprocess.Popen | None = None
-        self.error: str | None = None
-        self.results: list[dict] = []  # one per round it answered
-
-    def _start(self) -> None:
-        cmd, env = command(self.framework, self.case["case"], {**self.case["params"], **self.variant}, serve=True)
+    def __init__(self, framework: str):
+        cmd, env = command(framework, "", {}, serve=True)
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
                                      text=True, bufsize=1, env=env, cwd=ROOT)
 
-    def ask(self, threads: list[int], repeats: int, timeout: float) -> dict:
-        if self.proc is None:
-            self._start()
-        assert self.proc and self.proc.stdin and self.proc.stdout
+    def send(self, request: dict) -> bool:
         try:
-            self.proc.stdin.write(json.dumps({"threads": threads, "repeats": repeats}) + "\n")
+            self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
+            return True
         except (BrokenPipeError, OSError):
+            return False
+
+    def ask(self, request: dict, timeout: float) -> dict:
+        if not self.send(request):
             return self._failed("worker exited")
         deadline = time.time() + timeout
         while True:
@@ -197,27 +192,18 @@ class Arm:
             if not line:
                 return self._failed(f"exit {self.proc.wait()}")
             if line.startswith(MARK):
-                res = json.loads(line[len(MARK):])
-                if "error" in res:
-                    return self._failed(res["error"])
-                self.results.append(res)
-                if self.case.get("fresh"):
-                    self.close()
-                return res
+                return json.loads(line[len(MARK):])
 
     def _failed(self, why: str) -> dict:
-        tail = ""
-        if self.proc is not None:
-            self.close(kill=True)
-            self.stderr.seek(0)
-            lines = [ln for ln in self.stderr.read().strip().splitlines() if ln.strip()]
-            tail = " | ".join(lines[-4:])
-        self.error = f"{why}: {tail}" if tail else why
-        return {"error": self.error}
+        self.close(kill=True)
+        self.stderr.seek(0)
+        lines = [ln for ln in self.stderr.read().strip().splitlines() if ln.strip()]
+        return {"error": f"{why}: " + " | ".join(lines[-4:]), "dead": True}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def close(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
         try:
             if kill:
                 self.proc.kill()
@@ -227,7 +213,53 @@ class Arm:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
-        self.proc = None
+
+
+POOL: dict[str, Worker] = {}  # one long-lived worker per framework for cases without memory
+
+
+class Arm:
+    """One framework variant of a case; ``ask`` returns one round's result. Cases that compare
+    peak memory get a fresh process per round; the others share the framework's pooled worker."""
+
+    def __init__(self, framework: str, variant: dict, case: dict):
+        self.framework, self.variant, self.case = framework, variant, case
+        self.key = f"{framework} {json.dumps(variant, sort_keys=True)}" if variant else framework
+        self.error: str | None = None
+        self.results: list[dict] = []  # the rounds it answered
+        self.round_results: list[dict | None] = []  # one per round of the case
+
+    def ask(self, threads: list[int], repeats: int, timeout: float) -> dict:
+        request = {"case": self.case["case"], "params": {**self.case["params"], **self.variant},
+                   "threads": threads, "repeats": repeats}
+        if self.case.get("fresh"):
+            worker = Worker(self.framework)
+            res = worker.ask(request, timeout)
+            if "dead" not in res:
+                worker.close()
+        else:
+            if self.framework not in POOL or not POOL[self.framework].alive():
+                POOL[self.framework] = Worker(self.framework)
+            res = POOL[self.framework].ask(request, timeout)
+        if "error" in res:
+            self.error = res["error"]
+            return res
+        self.results.append(res)
+        return res
+
+
+def reset_pool() -> None:
+    """Drop the prepared cases of the pooled workers (their models, data, MD state)."""
+    for worker in POOL.values():
+        if worker.alive():
+            worker.send({"reset": True})
+
+
+def close_pool() -> None:
+    for worker in POOL.values():
+        if worker.alive():
+            worker.close()
+    POOL.clear()
 
 
 # ----------------------------------------------------------------- analysis
@@ -350,8 +382,6 @@ def run_case(case: dict, available: dict, args, cap_s: float, log) -> dict:
         if fw != "nnp" and (fw if fw != NNP_ON_SPK else "schnetpack") not in available:
             continue
         arms += [Arm(fw, v, case) for v in variants]
-    for a in arms:
-        a.round_results = []
     t0 = time.time()
     ended, analysis, rounds = "round cap", {"threads": {}}, 0
     min_rounds = args.min_rounds
@@ -390,8 +420,7 @@ def run_case(case: dict, available: dict, args, cap_s: float, log) -> dict:
         if rounds >= min_rounds and elapsed + took > cap_s:
             ended = f"time cap ({cap_s:.0f} s)"
             break
-    for a in arms:
-        a.close()
+    reset_pool()
     entry = {k: v for k, v in case.items() if k not in ("arms",)}
     entry.update(rounds=rounds, ended_by=ended, cap_s=round(cap_s), analysis=analysis,
                  goals_judged=judge_goals(case, analysis),
@@ -516,6 +545,9 @@ def report(results: Path) -> str:
         if not path.is_file():
             continue
         payload = json.loads(path.read_text())
+        if any("analysis" not in e for e in payload.get("entries", [])):
+            text.append(f"<!-- {path.name}: written by the former harness (no rounds/intervals): rerun -->\n")
+            continue
         m = payload["machine"]
         text.append(f"<!-- {section}: commit {m.get('commit', '')[:10]}{' (dirty)' if m.get('dirty') else ''}, "
                     f"{m.get('date')}, threads {m.get('threads')}, torch {m.get('torch')}, load average "
@@ -617,6 +649,7 @@ def main(argv=None) -> int:
             payload["fits"] = fits(entries)
         (results / f"{section}.json").write_text(json.dumps(payload, indent=1))
         print(markdown(section, entries, payload.get("fits")), flush=True)
+    close_pool()
     log(f"results in {results}/ ({(time.time() - t_start) / 60:.1f} min)")
     return 0
 

@@ -244,7 +244,7 @@ RESULT_MARK = "@@BENCH "  # prefix of result lines (libraries may print to stdou
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("case")
+    p.add_argument("case", nargs="?", default="", help="the case (or each request's ``case``, --serve)")
     p.add_argument("--params", default="{}", help="JSON dict of case parameters")
     p.add_argument("--threads", default="1", help="comma-separated torch thread counts, each timed in turn")
     p.add_argument("--repeats", type=int, default=5)
@@ -289,40 +289,63 @@ def serve_request(case: dict, request: dict, first_request: bool) -> dict:
 
 
 def main(cases: dict[str, Callable[..., dict]]) -> None:
-    """Prepare one case, then answer requests: one (command line) or one per stdin line (``--serve``).
+    """Answer requests: one from the command line, or one per stdin line (``--serve``).
 
     A case function takes the case's parameters and returns a prepared case: ``call`` (one timed
     call) or ``run(repeats)`` (its own timing: MD), ``items`` per call, ``unit``, optionally
     ``first`` (the call whose peak memory counts), ``measure`` (kwargs of :func:`measure`),
-    ``info`` (variant, sizes), or ``error``. Each answer is one stdout line: RESULT_MARK + JSON.
+    ``info`` (variant, sizes), or ``error``. A request is ``{threads: [..], repeats: n}``, with
+    ``case`` and ``params`` to serve another case from the same process (prepared once, kept
+    until ``{"reset": true}``). Each answer is one stdout line: RESULT_MARK + JSON.
     """
+    import gc
+    import traceback
+
     import torch
 
     args = parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(int(args.threads.split(",")[0]))
-    params = json.loads(args.params)
-    if args.case not in cases:
-        print(RESULT_MARK + json.dumps({"error": f"unsupported case {args.case}"}), flush=True)
-        return
-    t0 = time.perf_counter()
-    case = cases[args.case](**params)
-    if "result" in case:  # a one-shot case (recipe_bench.py's ``fit``): its result as the last line
-        print(json.dumps(case["result"]), flush=True)
-        return
-    if "error" in case:
-        print(RESULT_MARK + json.dumps({"error": case["error"]}), flush=True)
-        return
-    base = {**case.get("info", {}), "unit": case["unit"], "torch": torch.__version__,
-            "setup_s": time.perf_counter() - t0}
+    prepared: dict[str, tuple[dict, dict]] = {}
+
+    def answer(request: dict) -> dict:
+        name = request.get("case", args.case)
+        params = request.get("params", json.loads(args.params))
+        key = json.dumps([name, params], sort_keys=True)
+        first = key not in prepared
+        if first:
+            if name not in cases:
+                return {"error": f"unsupported case {name}"}
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            case = cases[name](**params)
+            if "result" in case or "error" in case:
+                return case
+            base = {**case.get("info", {}), "unit": case["unit"], "torch": torch.__version__,
+                    "setup_s": time.perf_counter() - t0}
+            prepared[key] = (case, base)
+        case, base = prepared[key]
+        t1 = time.perf_counter()
+        result = {**base, **serve_request(case, request, first_request=first)}
+        result["wall_s"] = time.perf_counter() - t1
+        return result
+
     if args.serve:
         requests = (json.loads(line) for line in sys.stdin)
     else:
         requests = iter([{"threads": [int(t) for t in args.threads.split(",")], "repeats": args.repeats}])
-    for k, request in enumerate(requests):
-        t1 = time.perf_counter()
-        result = {**base, **serve_request(case, request, first_request=k == 0)}
-        result["wall_s"] = time.perf_counter() - t1
+    for request in requests:
+        if request.get("reset"):
+            prepared.clear()
+            gc.collect()
+            continue
+        try:
+            result = answer(request)
+        except Exception as err:  # noqa: BLE001 - reported to the driver, the server stays up
+            result = {"error": f"{type(err).__name__}: {err} ({traceback.format_exc().strip().splitlines()[-3]})"}
+        if "result" in result:  # a one-shot case (recipe_bench.py's ``fit``): its result as the last line
+            print(json.dumps(result["result"]), flush=True)
+            continue
         print(RESULT_MARK + json.dumps(result), flush=True)
 
 
