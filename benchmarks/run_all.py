@@ -417,7 +417,7 @@ def run_case(case: dict, available: dict, args, cap_s: float, log) -> dict:
             ended = "every arm failed"
             break
         elapsed = time.time() - t0
-        if rounds >= min_rounds and elapsed + took > cap_s:
+        if rounds >= 2 and elapsed + took > cap_s:  # two rounds: the fewest that give an interval
             ended = f"time cap ({cap_s:.0f} s)"
             break
     reset_pool()
