@@ -1,17 +1,24 @@
 """nnp side by side with TorchANI and SchNetPack, on this machine, in one run.
 
-    python benchmarks/run_all.py            # everything (peers installed on first use)
-    python benchmarks/run_all.py --quick    # fewer repeats, smaller systems, no 10^5 atoms
-    python benchmarks/run_all.py --only inference md --skip-peers
+    python benchmarks/run_all.py               # the README table: ~35 min budget, 1 thread and all cores
+    python benchmarks/run_all.py --quick       # a smoke test: small systems, 2 rounds, ~8 min budget
+    python benchmarks/run_all.py --long        # + 10^5-atom single points (hours on 2 cores)
+    python benchmarks/run_all.py --only md --budget 10
+    python benchmarks/run_all.py --report      # the tables (markdown) of the saved results
 
-Sections: inference (ANI, batches of small molecules and 3k/30k-atom boxes),
-training (ANI vs TorchANI's recipe; SchNet/PaiNN vs SchNetPack), md (ASE
-velocity Verlet through each code's calculator), scaling (single points from
-10^2 to 10^5 atoms, fitted exponent), plus models_bench.py and data_bench.py
-when present. Every case runs in a fresh process of the framework's own venv
-(benchmarks/.venvs/, see envs.py) on the same cached inputs (prepare.py);
-frameworks alternate, ``--rounds`` times, and each number is the median over
-all repeats. Results: benchmarks/results/<section>.json and a table.
+Sections: inference (ANI batches), training (steps, and the shipped ``nnp train`` against
+SchNetPack's Lightning loop), md (ASE velocity Verlet through each code's calculator), scaling
+(single points from 10^3 atoms up, peak memory, fitted exponent); models/data/recipe
+(other scripts) only with ``--only``.
+
+Every case runs each framework variant ("arm") in its own process of the framework's venv
+(benchmarks/.venvs/, envs.py) on the same cached inputs (prepare.py); nnp also runs in
+SchNetPack's venv (its torch) next to every SchNetPack row. A case repeats rounds: each round
+asks every arm, in alternating order, for one timing at 1 thread and at all cores (persistent
+processes; a fresh process per round where peak memory counts). Rounds go on until the 90%
+interval of every nnp/peer ratio lies within ±10% of it, or the case's share of ``--budget``
+or ``--max-rounds`` ends it; the JSON says which. Goals are met only when the interval's
+conservative end meets them (stats.py).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,266 +42,555 @@ sys.path.insert(0, str(HERE))
 
 import envs  # noqa: E402
 import prepare  # noqa: E402
+import stats  # noqa: E402
 
 RESULTS = HERE / "results"
 WORKERS = HERE / "workers"
 PEERS = ("torchani", "schnetpack")
-WORKER_OF: dict[str, str] = {}  # framework -> worker script, when a venv reuses another's worker
-SPK = {"schnetpack": [{}]}
+NNP_ON_SPK = "nnp@spk-torch"  # nnp's worker in SchNetPack's venv: nnp on the peer's torch
+TABLE_SECTIONS = ("inference", "training", "md", "scaling")
+MARK = "@@BENCH "
+SKIN = 1.0  # Å, `nnp md`'s default (md.skin); SchNetPack's SkinNeighborList gets the same
+
 
 
 # ----------------------------------------------------------------- cases
-def cases(quick: bool) -> dict[str, list[dict]]:
-    """Each case: name, what is compared, the worker case + params, and the peers run."""
-    big = [3000] if quick else [3000, 30000]
-    scaling = [100, 300, 1000, 3000, 10000] if quick else [100, 300, 1000, 3000, 10000, 30000, 100000]
-    out: dict[str, list[dict]] = {"inference": [], "training": [], "md": [], "scaling": []}
-    out["inference"].append(
-        dict(name="ANI energy+forces, 256 small molecules (CHNO)", case="ani_batch",
-             params={"batch_size": 256}, peers={"torchani": [{}, {"jit": True}]}, inputs=["chno"])
-    )
-    for n in big:
-        out["inference"].append(
-            dict(name=f"ANI energy+forces, {n:,}-atom box", case="single_point",
-                 params={"system": f"box_{n}"}, peers={"torchani": [{"neighborlist": "cell_list"}]},
-                 inputs=[f"box_{n}"], memory=True, repeats=3 if n >= 30000 else None)
-        )
+def model_name(model: str) -> str:
+    return {"ani": "ANI", "schnet": "SchNet", "painn": "PaiNN", "hipnn": "HIP-NN"}[model]
+
+
+def spk_arms(nnp_variants: list[dict], spk_variants: list[dict]) -> dict:
+    """SchNetPack rows: nnp, SchNetPack, and nnp on SchNetPack's torch with nnp's variants."""
+    return {"nnp": nnp_variants, "schnetpack": spk_variants, NNP_ON_SPK: nnp_variants}
+
+
+SPK_PAIRS = [("nnp", "schnetpack"), (NNP_ON_SPK, "schnetpack")]
+
+
+def cases(quick: bool, long: bool) -> dict[str, list[dict]]:
+    """Each case: name, worker case + params, arms {framework: [variants]}, the ratios it reports
+    (pairs), goals, ``weight`` (its expected seconds per round: its share of the budget), ``fresh``
+    (a new process per round: peak memory), ``repeats`` per request."""
+    out: dict[str, list[dict]] = {s: [] for s in TABLE_SECTIONS}
+    both = [{}, {"jit": True}]
+    out["inference"].append(dict(
+        name="ANI energy+forces, 256 small molecules (CHNO)", case="ani_batch", params={"batch_size": 256},
+        arms={"nnp": [{}], "torchani": both}, pairs=[("nnp", "torchani")], inputs=["chno"], weight=8,
+        goals=[("throughput", "nnp", "torchani", ">=", 2.0)]))
     for dataset, batch in (("aspirin", 32), ("chno", 64)):
-        out["training"].append(
-            dict(name=f"ANI training, {dataset} (batch {batch})", case="train",
-                 params={"dataset": dataset, "batch_size": batch, "model": "ani"},
-                 peers={"torchani": [{}]}, inputs=[dataset])
-        )
+        out["training"].append(dict(
+            name=f"ANI training steps, {dataset} (batch {batch})", case="train",
+            params={"dataset": dataset, "batch_size": batch, "model": "ani"},
+            arms={"nnp": [{}], "torchani": both}, pairs=[("nnp", "torchani")], inputs=[dataset], weight=10,
+            goals=[("throughput", "nnp", "torchani", ">=", 1.5)]))
         for model in ("schnet", "painn"):
-            out["training"].append(
-                dict(name=f"{model_name(model)} training, {dataset} (batch {batch})", case="train",
-                     params={"dataset": dataset, "batch_size": batch, "model": model},
-                     peers=SPK, inputs=[dataset], needs_model=model)
-            )
-    # (system, model, steps per timed block, blocks, TorchScript variants?)
-    md_plan = [
-        ("aspirin_md", "ani", 50, 5, True), ("aspirin_md", "schnet", 50, 5, True),
-        ("aspirin_md", "painn", 20, 5, True),
-        ("cu_2000", "ani", 5, 3, True), ("cu_2000", "schnet", 3, 3, False), ("cu_2000", "painn", 2, 2, False),
+            out["training"].append(dict(
+                name=f"{model_name(model)} training steps, {dataset} (batch {batch})", case="train",
+                params={"dataset": dataset, "batch_size": batch, "model": model},
+                arms=spk_arms([{}], both), pairs=SPK_PAIRS, inputs=[dataset], needs_model=model,
+                weight=25 if model == "painn" else 12, goals=[("throughput", "nnp", "schnetpack", ">=", 1.5)]))
+    epochs, structures = (2, 160) if quick else (3, 320)
+    for model in ("schnet", "painn"):
+        out["training"].append(dict(
+            name=f"{model_name(model)}: `nnp train` vs SchNetPack's Lightning loop, aspirin ({int(0.8 * structures)} "
+                 f"train / {int(0.1 * structures)} val, batch 32, epochs 2-{epochs} timed)",
+            case="train_command", params={"model": model, "dataset": "aspirin", "epochs": epochs,
+                                          "structures": structures},
+            arms=spk_arms([{}], [{}]), pairs=SPK_PAIRS, inputs=["aspirin"], needs_model=model, fresh=True,
+            weight=60 if model == "painn" else 30, goals=[("throughput", "nnp", "schnetpack", ">=", 1.5)]))
+    md_plan = [  # (system, model, steps per timed block, blocks per request)
+        ("aspirin_md", "ani", 50, 3), ("aspirin_md", "schnet", 40, 3), ("aspirin_md", "painn", 20, 3),
+        ("cu_2000", "ani", 3, 2), ("cu_2000", "schnet", 1, 2), ("cu_2000", "painn", 1, 1),
     ]
     labels = {"aspirin_md": "aspirin (21 atoms)", "cu_2000": "Cu fcc, 2,000 atoms, periodic"}
-    for system, model, steps, blocks, jit in md_plan:
+    for system, model, steps, blocks in md_plan:
+        small = system == "aspirin_md"
         if quick:
-            steps, blocks = max(1, steps // 2), min(blocks, 2)
-        # both sides get their TorchScript variant where it can help; the faster one counts
-        out["md"].append(
-            dict(name=f"MD {model_name(model)}, {labels[system]}", case="md",
-                 params={"system": system, "steps": steps, "model": model},
-                 nnp_variants=[{}, {"jit": True}] if jit else [{}],
-                 peers={"torchani": [{}, {"jit": True}] if jit else [{}]} if model == "ani" else SPK,
-                 inputs=[system], needs_model=model, rounds=1, repeats=blocks)
-        )
-    # SchNet stops at 10^4 atoms (its (pairs x 128) filter tensors need ~10 GB at 10^5);
-    # peers stop at 3x10^4
-    for model, largest in (("ani", 100000), ("schnet", 10000)):
-        for n in scaling:
-            if n > largest:
-                continue
-            peer_runs = {"torchani": [{"neighborlist": "cell_list"}]} if model == "ani" else SPK
-            peer_runs = peer_runs if n <= 30000 else {}
-            out["scaling"].append(
-                dict(name=f"{model_name(model)} single point, {n:,} atoms", case="single_point",
-                     params={"system": f"box_{n}", "model": model}, peers=peer_runs,
-                     inputs=[f"box_{n}"], needs_model=model, memory=True, group=model, n_atoms=n,
-                     rounds=1, repeats=3 if n >= 30000 else None)
-            )
+            steps = max(1, steps // 2)
+        nnp_v = [{"skin": SKIN}, {"jit": True, "skin": SKIN}] if small else [{"skin": SKIN}]
+        if model == "ani":
+            arms, pairs = {"nnp": nnp_v, "torchani": both if small else [{"jit": True}]}, [("nnp", "torchani")]
+        else:
+            spk_v = [{"skin": SKIN}, {"jit": True, "skin": SKIN}] if small else [{"skin": SKIN}]
+            arms, pairs = spk_arms(nnp_v, spk_v), SPK_PAIRS
+        goals = []
+        if small:
+            goals = [("throughput", "nnp", p, ">=", 2.0) for _, p in pairs[:1]]
+        if system == "cu_2000" and model == "painn":
+            goals = [("throughput", "nnp", "schnetpack", ">=", 1.0), ("peak_memory", "nnp", "schnetpack", "<=", 0.5)]
+        out["md"].append(dict(
+            name=f"MD {model_name(model)}, {labels[system]}", case="md",
+            params={"system": system, "steps": steps, "model": model}, arms=arms, pairs=pairs, inputs=[system],
+            needs_model=model, repeats=blocks, goals=goals, fresh=any(g[0] == "peak_memory" for g in goals),
+            weight={"ani": 6, "schnet": 8, "painn": 12}[model] if small else {"ani": 10, "schnet": 40, "painn": 90}[model]))
+    ani_sizes = [1000, 3000, 10000] if quick else [1000, 3000, 10000, 30000]
+    mp_sizes = [1000] if quick else [1000, 10000]
+    if long:
+        ani_sizes, mp_sizes = ani_sizes + [100000], mp_sizes + [100000]
+    for model, sizes in (("ani", ani_sizes), ("schnet", mp_sizes), ("painn", mp_sizes), ("hipnn", mp_sizes)):
+        for n in sizes:
+            if model == "ani":
+                arms = {"nnp": [{}], "torchani": [{"neighborlist": "cell_list", "jit": True}] if n <= 30000 else []}
+                pairs = [("nnp", "torchani")]
+            elif model in ("schnet", "painn") and n <= (10000 if long else 1000):
+                arms, pairs = {"nnp": [{}], "schnetpack": [{}]}, [("nnp", "schnetpack")]
+            else:
+                arms, pairs = {"nnp": [{}]}, []
+            goals = [("peak_memory", "nnp", "torchani", "<=", 0.25)] if model == "ani" and n == 30000 else []
+            per_katom = {"ani": 0.3, "schnet": 2.0, "painn": 4.0, "hipnn": 2.0}[model]
+            out["scaling"].append(dict(
+                name=f"{model_name(model)} single point + forces, {n:,} atoms", case="single_point",
+                params={"system": f"box_{n}", "model": model}, arms={k: v for k, v in arms.items() if v},
+                pairs=pairs if arms.get(pairs[0][1] if pairs else "") else [], inputs=[f"box_{n}"],
+                needs_model=model, fresh=True, repeats=1 if n >= 10000 else 3, group=model, n_atoms=n,
+                goals=goals, weight=max(3.0, per_katom * n / 1000 * 4)))
     return out
 
 
-def model_name(model: str) -> str:
-    return {"ani": "ANI", "schnet": "SchNet", "painn": "PaiNN"}[model]
+# ----------------------------------------------------------------- workers
+def command(framework: str, case: str, params: dict, serve: bool) -> tuple[list[str], dict]:
+    python = {"nnp": sys.executable, NNP_ON_SPK: str(envs.python_of("schnetpack"))}.get(framework)
+    python = python or str(envs.python_of(framework))
+    worker = "nnp" if framework in ("nnp", NNP_ON_SPK) else framework
+    cmd = [python, str(WORKERS / f"{worker}_worker.py"), case, "--params", json.dumps(params)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TORCHANI_NO_WARN_EXTENSIONS="1",
+               OMP_NUM_THREADS=str(max(THREADS)), MKL_NUM_THREADS=str(max(THREADS)))
+    if framework == NNP_ON_SPK:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return cmd + (["--serve"] if serve else []), env
+
+
+class Worker:
+    """A worker process of one framework's venv answering requests (one JSON line each)."""
+
+    def __init__(self, framework: str):
+        cmd, env = command(framework, "", {}, serve=True)
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1, env=env, cwd=ROOT)
+
+    def send(self, request: dict) -> bool:
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    def ask(self, request: dict, timeout: float) -> dict:
+        if not self.send(request):
+            return self._failed("worker exited")
+        deadline = time.time() + timeout
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return self._failed(f"timed out after {timeout:.0f} s")
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not ready:
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                return self._failed(f"exit {self.proc.wait()}")
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+
+    def _failed(self, why: str) -> dict:
+        self.close(kill=True)
+        self.stderr.seek(0)
+        lines = [ln for ln in self.stderr.read().strip().splitlines() if ln.strip()]
+        return {"error": f"{why}: " + " | ".join(lines[-4:]), "dead": True}
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, kill: bool = False) -> None:
+        try:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+POOL: dict[str, Worker] = {}  # one long-lived worker per framework for cases without memory
+
+
+class Arm:
+    """One framework variant of a case; ``ask`` returns one round's result. Cases that compare
+    peak memory get a fresh process per round; the others share the framework's pooled worker."""
+
+    def __init__(self, framework: str, variant: dict, case: dict):
+        self.framework, self.variant, self.case = framework, variant, case
+        self.key = f"{framework} {json.dumps(variant, sort_keys=True)}" if variant else framework
+        self.error: str | None = None
+        self.results: list[dict] = []  # the rounds it answered
+        self.round_results: list[dict | None] = []  # one per round of the case
+
+    def ask(self, threads: list[int], repeats: int, timeout: float) -> dict:
+        request = {"case": self.case["case"], "params": {**self.case["params"], **self.variant},
+                   "threads": threads, "repeats": repeats}
+        if self.case.get("fresh"):
+            worker = Worker(self.framework)
+            res = worker.ask(request, timeout)
+            if "dead" not in res:
+                worker.close()
+        else:
+            if self.framework not in POOL or not POOL[self.framework].alive():
+                POOL[self.framework] = Worker(self.framework)
+            res = POOL[self.framework].ask(request, timeout)
+        if "error" in res:
+            self.error = res["error"]
+            return res
+        self.results.append(res)
+        return res
+
+
+def reset_pool() -> None:
+    """Drop the prepared cases of the pooled workers (their models, data, MD state)."""
+    for worker in POOL.values():
+        if worker.alive():
+            worker.send({"reset": True})
+
+
+def close_pool() -> None:
+    for worker in POOL.values():
+        if worker.alive():
+            worker.close()
+    POOL.clear()
+
+
+# ----------------------------------------------------------------- analysis
+def best_arm(arms: list[Arm], threads: int) -> Arm | None:
+    """A framework's fastest variant at ``threads`` (highest median throughput over its rounds)."""
+    def rate(arm):
+        rates = [r["by_threads"][str(threads)]["items_per_s"] for r in arm.results if str(threads) in r["by_threads"]]
+        return statistics.median(rates) if rates else -1.0
+
+    ok = [a for a in arms if a.results]
+    return max(ok, key=rate) if ok else None
+
+
+def per_round(arm: Arm, threads: int, what: str) -> list[float | None]:
+    """One value per round of the case (None where the arm has none): throughput or peak memory."""
+    out: list[float | None] = []
+    for r in arm.round_results:
+        if r is None:
+            out.append(None)
+        elif what == "throughput":
+            out.append(r["by_threads"].get(str(threads), {}).get("items_per_s"))
+        else:
+            out.append((r.get("memory") or {}).get("peak_delta_mb"))
+    return out
+
+
+def pooled(arm: Arm, threads: int) -> dict:
+    """Every repeat of every round pooled: median, min and max of one consistent sample."""
+    rows = [r["by_threads"][str(threads)] for r in arm.results if str(threads) in r["by_threads"]]
+    times = [t for row in rows for t in row.get("times", [row["median_s"]])]
+    items = rows[-1]["items_per_s"] * rows[-1]["median_s"]
+    med = statistics.median(times)
+    out = {"framework": arm.framework, "variant_params": arm.variant, "variant": arm.results[-1].get("variant"),
+           "torch": arm.results[-1].get("torch"), "rounds": len(rows), "median_s": med, "min_s": min(times),
+           "max_s": max(times), "items_per_s": items / med, "unit": arm.results[-1].get("unit"),
+           "round_items_per_s": [row["items_per_s"] for row in rows]}
+    mem = [r["memory"]["peak_delta_mb"] for r in arm.results if r.get("memory")]
+    if mem and memory_counts(arm.case):
+        out["peak_delta_mb"] = statistics.median(mem)
+        out["peak_rss_mb"] = statistics.median(r["memory"]["peak_rss_mb"] for r in arm.results if r.get("memory"))
+    for key in ("pipeline_s_per_batch", "n_atoms", "first_call_s"):
+        vals = [r[key] for r in arm.results if key in r]
+        if vals:
+            out[key] = statistics.median(vals)
+    return out
+
+
+def memory_counts(case: dict) -> bool:
+    """Peak memory is compared where each round starts fresh processes (first call of a process)."""
+    return bool(case.get("fresh"))
+
+
+def analyse(case: dict, arms: list[Arm]) -> dict:
+    """Per thread count: each framework's best variant (pooled), the paired ratios with intervals,
+    and each framework's thread scaling (all cores / 1 thread, paired by round)."""
+    by_fw: dict[str, list[Arm]] = {}
+    for a in arms:
+        by_fw.setdefault(a.framework, []).append(a)
+    out: dict = {"threads": {}}
+    for t in THREADS:
+        best = {fw: best_arm(v, t) for fw, v in by_fw.items()}
+        best = {fw: a for fw, a in best.items() if a is not None}
+        entry: dict = {"frameworks": {fw: pooled(a, t) for fw, a in best.items()}, "ratios": {}}
+        for num, den in case["pairs"]:
+            if num not in best or den not in best:
+                continue
+            ratios = {}
+            for what in ("throughput", "peak_memory") if memory_counts(case) else ("throughput",):
+                a, b = per_round(best[num], t, what), per_round(best[den], t, what)
+                vals = [x / y for x, y in zip(a, b) if x and y]
+                s = stats.ratio_stats(vals)
+                if s:
+                    ratios[what] = s
+            entry["ratios"][f"{num}/{den}"] = ratios
+        out["threads"][str(t)] = entry
+    if len(THREADS) > 1:
+        lo, hi = str(min(THREADS)), str(max(THREADS))
+        out["thread_scaling"] = {}
+        for fw in by_fw:
+            a_lo, a_hi = best_arm(by_fw[fw], min(THREADS)), best_arm(by_fw[fw], max(THREADS))
+            if a_lo is None or a_hi is None:
+                continue
+            x, y = per_round(a_hi, int(hi), "throughput"), per_round(a_lo, int(lo), "throughput")
+            s = stats.ratio_stats([p / q for p, q in zip(x, y) if p and q])
+            if s:
+                out["thread_scaling"][fw] = s
+    return out
+
+
+def settled(analysis: dict) -> bool:
+    """Every throughput ratio (and memory ratio, when measured more than once) is within ±10%."""
+    found = False
+    for entry in analysis["threads"].values():
+        for ratios in entry["ratios"].values():
+            for what, s in ratios.items():
+                if what == "peak_memory" and s["n"] < 2:
+                    continue
+                found = True
+                if not stats.narrow(s):
+                    return False
+    return found
+
+
+def judge_goals(case: dict, analysis: dict) -> list[dict]:
+    out = []
+    for what, num, den, op, value in case.get("goals", []):
+        for t, entry in analysis["threads"].items():
+            s = entry["ratios"].get(f"{num}/{den}", {}).get(what)
+            out.append({"what": what, "pair": f"{num}/{den}", "threads": int(t), "goal": f"{op} {value:g}",
+                        "median": s and s["median"], "lo": s and s["lo"], "hi": s and s["hi"],
+                        "met": stats.goal_met(s, op, value)})
+    return out
 
 
 # ----------------------------------------------------------------- running
-def run_worker(framework: str, case: str, params: dict, args, timeout: float,
-               repeats: int | None = None) -> dict:
-    python = sys.executable if framework == "nnp" else str(envs.python_of(framework))
-    repeats = min(repeats, args.repeats) if (repeats and args.quick) else (repeats or args.repeats)
-    worker = WORKER_OF.get(framework, framework)
-    cmd = [python, str(WORKERS / f"{worker}_worker.py"), case, "--params", json.dumps(params),
-           "--threads", str(args.threads), "--repeats", str(repeats)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
-
-
-def merge(runs: list[dict]) -> dict:
-    """Rounds of one framework+variant -> one result (median over all repeats)."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[-1]
-    times = [t for r in ok for t in r.get("times", [r["median_s"]])]
-    out = dict(ok[-1])
-    out["median_s"] = statistics.median(times)
-    out["times"] = times
-    out["rounds"] = len(ok)
-    scale = ok[-1]["items_per_s"] * ok[-1]["median_s"] if "items_per_s" in ok[-1] else None
-    if scale is not None:
-        out["items_per_s"] = scale / out["median_s"]
-    if "steps_per_s" in out:
-        out["steps_per_s"] = 1.0 / out["median_s"]
-        out["items_per_s"] = out["steps_per_s"]
-    for key in ("peak_rss_mb", "peak_delta_mb"):
-        if key in out:
-            out[key] = min(r[key] for r in ok)
-    return out
-
-
-def run_case(case: dict, available: dict, args, log) -> dict:
-    rounds = 1 if args.quick else case.get("rounds", args.rounds)
-    plan = [("nnp", variant) for variant in case.get("nnp_variants", [{}])]
-    for peer, variants in case["peers"].items():
-        for variant in variants:
-            plan.append((peer, variant))
-    raw: dict[tuple, list] = {(fw, json.dumps(v, sort_keys=True)): [] for fw, v in plan}
-    for r in range(rounds):
-        order = plan if r % 2 == 0 else plan[::-1]  # alternate to share the machine's drift
-        for fw, variant in order:
-            key = (fw, json.dumps(variant, sort_keys=True))
-            if fw != "nnp" and fw not in available:
-                raw[key].append({"error": available.get(f"{fw}:why", "not installed")})
-                continue
-            res = run_worker(fw, case["case"], {**case["params"], **variant}, args, args.timeout,
-                             case.get("repeats"))
-            raw[key].append(res)
-            if "error" in res:
-                log(f"    {fw} {variant or ''}: {res['error'][:300]}")
-    entry = {k: v for k, v in case.items() if k not in ("peers",)}
-    entry["results"] = {}
-    for (fw, variant), runs in raw.items():
-        res = merge(runs)
-        res.pop("times", None) if args.compact else None
-        entry["results"].setdefault(fw, []).append({"variant_params": json.loads(variant), **res})
-    # best variant per framework (e.g. TorchANI eager vs TorchScript)
-    best: dict[str, dict] = {}
-    for fw, variants in entry["results"].items():
-        ok = [v for v in variants if "items_per_s" in v]
-        best[fw] = max(ok, key=lambda v: v["items_per_s"]) if ok else variants[0]
-    entry["best"] = best
-    nnp = best["nnp"]
-    entry["ratio"] = {}
-    for fw, res in best.items():
-        if fw == "nnp" or "items_per_s" not in res or "items_per_s" not in nnp:
+def run_case(case: dict, available: dict, args, cap_s: float, log) -> dict:
+    """Interleaved rounds until every ratio is settled, or the time cap / round cap ends the case."""
+    arms = []
+    for fw, variants in case["arms"].items():
+        if fw != "nnp" and (fw if fw != NNP_ON_SPK else "schnetpack") not in available:
             continue
-        entry["ratio"][fw] = {"throughput": nnp["items_per_s"] / res["items_per_s"]}
-        if "peak_delta_mb" in res and "peak_delta_mb" in nnp and res["peak_delta_mb"] > 0:
-            entry["ratio"][fw]["peak_memory"] = nnp["peak_delta_mb"] / res["peak_delta_mb"]
+        arms += [Arm(fw, v, case) for v in variants]
+    t0 = time.time()
+    ended, analysis, rounds = "round cap", {"threads": {}}, 0
+    min_rounds = args.min_rounds
+    for r in range(args.max_rounds):
+        order = arms if r % 2 == 0 else arms[::-1]  # alternate: drift of the machine's load is shared
+        threads = THREADS if r % 2 == 0 else THREADS[::-1]
+        t_round = time.time()
+        for a in order:
+            if a.error:
+                a.round_results.append(None)
+                continue
+            res = a.ask(threads, case.get("repeats") or args.repeats, args.timeout)
+            if "error" in res:
+                log(f"    {a.key}: {res['error'][:400]}")
+                a.round_results.append(None)
+            else:
+                a.round_results.append(res)
+        rounds = r + 1
+        analysis = analyse(case, arms)
+        took = time.time() - t_round
+        summary = []
+        for t, entry in analysis["threads"].items():
+            for pair, ratios in entry["ratios"].items():
+                s = ratios.get("throughput")
+                if s:
+                    iv = f" [{s['lo']:.2f}, {s['hi']:.2f}]" if s["lo"] else ""
+                    summary.append(f"{pair}@{t}: {s['median']:.2f}{iv}")
+        log(f"    round {rounds} ({took:.0f} s): " + ("; ".join(summary) or "no ratio"))
+        if rounds >= min_rounds and settled(analysis):
+            ended = "interval within ±10%"
+            break
+        if not any(not a.error for a in arms):
+            ended = "every arm failed"
+            break
+        elapsed = time.time() - t0
+        if rounds >= 2 and elapsed + took > cap_s:  # two rounds: the fewest that give an interval
+            ended = f"time cap ({cap_s:.0f} s)"
+            break
+    reset_pool()
+    entry = {k: v for k, v in case.items() if k not in ("arms",)}
+    entry.update(rounds=rounds, ended_by=ended, cap_s=round(cap_s), analysis=analysis,
+                 goals_judged=judge_goals(case, analysis),
+                 arms={a.key: {"error": a.error, "rounds": [_compact(r, args.compact) for r in a.round_results]}
+                       for a in arms})
     return entry
 
 
-def fit_exponent(points: list[tuple[int, float]], min_atoms: int = 1000) -> float | None:
-    """Slope of log(time) vs log(n) over n >= min_atoms (1 = linear scaling)."""
-    pts = [(math.log(n), math.log(t)) for n, t in points if n >= min_atoms and t > 0]
-    if len(pts) < 2:
-        return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
+def _compact(result: dict | None, compact: bool) -> dict | None:
+    if result is None or not compact:
+        return result
+    out = dict(result)
+    out["by_threads"] = {t: {k: v for k, v in row.items() if k != "times"} for t, row in result["by_threads"].items()}
+    return out
+
+
+def fits(entries: list[dict]) -> dict:
+    """Fitted cost exponent per model and framework (N >= 1,000), at each thread count."""
+    out = {}
+    for group in sorted({e["group"] for e in entries}):
+        for t in THREADS:
+            for fw in ("nnp", *PEERS):
+                series = {}
+                for e in entries:
+                    if e["group"] != group:
+                        continue
+                    row = e["analysis"]["threads"].get(str(t), {}).get("frameworks", {}).get(fw)
+                    if row:
+                        series[e["n_atoms"]] = [e["n_atoms"] / v for v in row["round_items_per_s"]]
+                s = stats.exponent_interval(series)
+                if s:
+                    out[f"{group}/{fw}@{t}"] = s
+    return out
 
 
 def machine_info(args) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=ROOT).stdout.strip()
-    except OSError:
-        commit = ""
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return ""
+
     cpu = ""
     try:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    import torch
+
     return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": commit, "cpu": cpu, "cores": os.cpu_count(), "threads": args.threads,
-        "python": platform.python_version(), "repeats": args.repeats, "quick": args.quick,
-        "load_avg_start": os.getloadavg(),
-        "peers": {p: envs.info(p) for p in PEERS},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cpu": cpu, "cores": os.cpu_count(), "threads": THREADS, "python": platform.python_version(),
+        "torch": {"nnp": torch.__version__, **{p: (envs.info(p) or {}).get("versions", {}).get("torch") for p in PEERS}},
+        "peers": {p: envs.info(p) for p in PEERS}, "quick": args.quick, "long": args.long,
+        "budget_min": args.budget, "min_rounds": args.min_rounds, "max_rounds": args.max_rounds,
+        "tolerance": stats.TOLERANCE, "load_avg_start": os.getloadavg(),
     }
 
 
-# ----------------------------------------------------------------- output
-def fmt_rate(res: dict) -> str:
-    if "error" in res:
-        return "[red]error[/red]"
-    if "items_per_s" not in res:
+# ----------------------------------------------------------------- tables
+def fmt_rate(row: dict | None) -> str:
+    if not row:
         return "–"
-    v = res["items_per_s"]
-    unit = {"molecules/s": "mol/s", "atoms/s": "atoms/s", "conformations/s": "conf/s"}.get(res.get("unit", ""), "steps/s")
-    if "steps_per_s" in res:
-        unit = "steps/s"
-    text = f"{v:,.0f} {unit}" if v >= 100 else f"{v:,.2f} {unit}"
-    if "peak_delta_mb" in res:
-        text += f"\n{res['peak_delta_mb']:,.0f} MB peak"
+    v = row["items_per_s"]
+    unit = {"molecules/s": "mol/s", "conformations/s": "conf/s"}.get(row.get("unit") or "", row.get("unit") or "")
+    text = f"{v:,.0f} {unit}" if v >= 100 else f"{v:,.3g} {unit}"
+    if "peak_delta_mb" in row:
+        text += f", {row['peak_delta_mb']:,.0f} MB"
     return text
 
 
-def print_table(section: str, entries: list[dict], extra: dict | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def fmt_ratio(s: dict | None) -> str:
+    if not s:
+        return "–"
+    iv = f" [{s['lo']:.2f}–{s['hi']:.2f}]" if s.get("lo") is not None else " (1 round)"
+    return f"{s['median']:.2f}×{iv}"
 
-    table = Table(title=f"{section}", show_lines=True)
-    table.add_column("benchmark")
-    table.add_column("nnp", justify="right")
-    table.add_column("peer (best variant)", justify="right")
-    table.add_column("nnp / peer", justify="right")
+
+def markdown(section: str, entries: list[dict], fit_rows: dict | None = None) -> str:
+    """The README's table of one section: per case and thread count, nnp and the peer's best
+    variant, the ratio's median over rounds with its 90% interval, memory ratio, thread scaling,
+    goal and whether the interval's conservative end meets it, rounds and what ended them."""
+    lines = [f"### {section}", "",
+             "| benchmark | threads | nnp | peer (best variant) | nnp / peer [90% interval] | memory nnp / peer "
+             "| thread scaling nnp, peer | goal: met by the interval? | rounds (ended by) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        best = e["best"]
-        peers = [fw for fw in best if fw != "nnp"]
-        if not peers:
-            table.add_row(e["name"], fmt_rate(best["nnp"]), "–", "–")
+        scaling = e["analysis"].get("thread_scaling", {})
+        for t, entry in e["analysis"]["threads"].items():
+            fws = entry["frameworks"]
+            pairs = [p for p in e["pairs"] if f"{p[0]}/{p[1]}" in entry["ratios"]] or [("nnp", None)]
+            for num, den in pairs:
+                ratios = entry["ratios"].get(f"{num}/{den}", {}) if den else {}
+                peer = fws.get(den) if den else None
+                peer_text = f"{den} {fmt_rate(peer)} ({peer.get('variant')})" if peer else "–"
+                nnp_text = fmt_rate(fws.get(num))
+                if num == NNP_ON_SPK:
+                    nnp_text = f"on torch {fws[num].get('torch')}: {nnp_text}"
+                sc = ", ".join(f"{scaling[fw]['median']:.2f}×" for fw in (num, den) if fw in scaling)
+                goals = [g for g in e.get("goals_judged", []) if g["pair"] == f"{num}/{den}" and str(g["threads"]) == t]
+                goal_text = "; ".join(
+                    f"{'memory ' if g['what'] == 'peak_memory' else ''}{g['goal']}: "
+                    f"{ {True: 'yes', False: 'no', None: 'n/a'}[g['met']]}" for g in goals) or ""
+                lines.append(f"| {e['name']} | {t} | {nnp_text} | {peer_text} | {fmt_ratio(ratios.get('throughput'))} "
+                             f"| {fmt_ratio(ratios.get('peak_memory'))} | {sc} | {goal_text} "
+                             f"| {e['rounds']} ({e['ended_by']}) |")
+    if fit_rows:
+        lines += ["", "| fitted exponent t ∝ N^k (N ≥ 1,000) | k [90% bootstrap interval] | sizes | goal ≤ 1.05 met? |",
+                  "|---|---|---|---|"]
+        for key, s in fit_rows.items():
+            met = {True: "yes", False: "no", None: "n/a"}[stats.goal_met(s, "<=", 1.05)] if key.startswith("ani/nnp") else ""
+            lines.append(f"| {key} | {s['exponent']:.2f} [{s['lo']:.2f}–{s['hi']:.2f}] "
+                         f"| {', '.join(f'{n:,}' for n in s['sizes'])} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(results: Path) -> str:
+    text = []
+    for section in TABLE_SECTIONS:
+        path = results / f"{section}.json"
+        if not path.is_file():
             continue
-        for fw in peers:
-            res = best[fw]
-            label = f"{fw}: {fmt_rate(res)}"
-            if res.get("variant"):
-                label += f"\n({res['variant']})"
-            ratio = e["ratio"].get(fw, {})
-            text = f"{ratio['throughput']:.2f}x" if "throughput" in ratio else "–"
-            if "peak_memory" in ratio:
-                text += f"\nmem {ratio['peak_memory']:.2f}x"
-            table.add_row(e["name"], fmt_rate(best["nnp"]), label, text)
-    Console().print(table)
-    if extra:
-        Console().print(extra)
+        payload = json.loads(path.read_text())
+        if any("analysis" not in e for e in payload.get("entries", [])):
+            text.append(f"<!-- {path.name}: written by the former harness (no rounds/intervals): rerun -->\n")
+            continue
+        m = payload["machine"]
+        text.append(f"<!-- {section}: commit {m.get('commit', '')[:10]}{' (dirty)' if m.get('dirty') else ''}, "
+                    f"{m.get('date')}, threads {m.get('threads')}, torch {m.get('torch')}, load average "
+                    f"{m.get('load_avg_start')} -> {m.get('load_avg_end')} -->")
+        text.append(markdown(section, payload["entries"], payload.get("fits")))
+    return "\n".join(text)
 
 
 # ----------------------------------------------------------------- main
+THREADS: list[int] = [1]
+
+
 def main(argv=None) -> int:
-    global RESULTS
+    global THREADS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller systems")
-    p.add_argument("--only", nargs="*", help="sections: inference training md scaling models data recipe")
+    p.add_argument("--quick", action="store_true", help="smoke test: small systems, 2 rounds, 8-minute budget")
+    p.add_argument("--long", action="store_true", help="add 10^5-atom single points (hours on 2 cores)")
+    p.add_argument("--only", nargs="*", help="sections: inference training md scaling (models data recipe)")
+    p.add_argument("--match", default=None, help="only cases whose name contains this text")
     p.add_argument("--skip-peers", action="store_true", help="nnp only (no peer venvs)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (default 1: stable on a shared machine)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per run (default 7, quick 3)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per case (quick: 1)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per worker run")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated thread counts (default: 1 and all cores, os.cpu_count())")
+    p.add_argument("--budget", type=float, default=None, help="minutes for the whole run (default 35, quick 8)")
+    p.add_argument("--min-rounds", type=int, default=None, help="rounds before the stopping rule applies (3; quick 2)")
+    p.add_argument("--max-rounds", type=int, default=None, help="cap of rounds per case (10; quick 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per request (cases may set fewer)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per request")
     p.add_argument("--rebuild-envs", action="store_true", help="recreate the peer venvs")
     p.add_argument("--no-install", action="store_true", help="skip peers whose venv is missing")
     p.add_argument("--compact", action="store_true", help="omit per-repeat times from the JSON")
-    p.add_argument("--report", action="store_true", help="print the tables of the saved results and exit")
+    p.add_argument("--report", action="store_true", help="print the markdown tables of the saved results and exit")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
-    RESULTS = args.out.resolve()
+    results = args.out.resolve()
     if args.report:
-        write_summary(show=True)
+        print(report(results))
         return 0
-    args.repeats = args.repeats or (3 if args.quick else 7)
-    sections = args.only or ["inference", "training", "md", "scaling", "models", "data", "recipe"]
+    cores = os.cpu_count() or 1
+    THREADS = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
+    args.budget = args.budget or (8 if args.quick else 35)
+    args.min_rounds = args.min_rounds or (2 if args.quick else 3)
+    args.max_rounds = max(args.max_rounds or (2 if args.quick else 10), args.min_rounds)
+    sections = args.only or list(TABLE_SECTIONS)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -310,97 +607,51 @@ def main(argv=None) -> int:
                 available[peer] = meta
                 log(f"[setup] {peer}: {meta['how']} -> {meta['versions']}")
             else:
-                available[f"{peer}:why"] = "venv missing (--no-install)" if args.no_install else "install failed"
                 log(f"[setup] {peer}: not available, its columns are skipped")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    all_cases = cases(args.quick)
+    results.mkdir(parents=True, exist_ok=True)
     info = machine_info(args)
-    models_present = {m for m in ("ani", "schnet", "painn") if (ROOT / "nnp" / "models" / f"{m}.py").is_file()}
-    summary = {}
+    models_present = {m for m in ("ani", "schnet", "painn", "hipnn") if (ROOT / "nnp" / "models" / f"{m}.py").is_file()}
+    all_cases = cases(args.quick, args.long)
+    plan = {s: [c for c in all_cases.get(s, []) if (not c.get("needs_model") or c["needs_model"] in models_present)
+                and (not args.match or args.match.lower() in c["name"].lower())] for s in sections}
+    t_start = time.time()
+    budget_s = args.budget * 60
+    left_weight = sum(c["weight"] for s in plan.values() for c in s)
+    log(f"[plan] threads {THREADS}, budget {args.budget:g} min, rounds {args.min_rounds}-{args.max_rounds}, "
+        f"{sum(len(v) for v in plan.values())} cases")
     for section in sections:
         if section in ("models", "data", "recipe"):
             script = HERE / f"{section}_bench.py"
-            if not script.is_file():
-                log(f"[{section}] {script.name} not present: skipped")
-                continue
             quick_args = {"models": ["--budget", "30"], "data": ["--sizes", "200000", "--max-batches", "50"],
                           "recipe": ["--train-per-molecule", "2", "--val-per-molecule", "3", "--test-per-molecule", "10",
                                      "--models", "ani", "--ablation", "0", "1", "2"]}
             cmd = [sys.executable, str(script)] + (quick_args[section] if args.quick else [])
             log(f"[{section}] {' '.join(cmd[1:])}")
-            rc = subprocess.run(cmd, cwd=ROOT).returncode
-            summary[section] = {"returncode": rc}
+            subprocess.run(cmd, cwd=ROOT)
             continue
         entries = []
-        for case in all_cases[section]:
-            if case.get("needs_model") and case["needs_model"] not in models_present:
-                log(f"[{section}] {case['name']}: nnp/models/{case['needs_model']}.py missing, skipped")
-                continue
+        for case in plan[section]:
             prepare.ensure(case.get("inputs", []), log)
             if args.skip_peers:
-                case = dict(case, peers={})
-            log(f"[{section}] {case['name']}")
+                case = dict(case, arms={"nnp": case["arms"]["nnp"]}, pairs=[])
+            left_s = max(0.0, budget_s - (time.time() - t_start))
+            cap = left_s * case["weight"] / max(left_weight, 1e-9)
+            left_weight -= case["weight"]
+            log(f"[{section}] {case['name']} (cap {cap:.0f} s)")
             t0 = time.time()
-            entry = run_case(case, available, args, log)
+            entry = run_case(case, available, args, cap, log)
             entry["wall_s"] = round(time.time() - t0, 1)
             entries.append(entry)
-        extra = None
-        payload = {"machine": info, "section": section, "entries": entries}
+        payload = {"machine": dict(info, load_avg_end=os.getloadavg(),
+                                   wall_s=round(time.time() - t_start)), "section": section, "entries": entries}
         if section == "scaling":
-            fits = {}
-            for group in sorted({e["group"] for e in entries}):
-                for fw in ("nnp", *PEERS):
-                    pts = [(e["n_atoms"], e["best"][fw]["median_s"]) for e in entries
-                           if e["group"] == group and fw in e["best"] and "median_s" in e["best"][fw]]
-                    slope = fit_exponent(pts)
-                    if slope is not None:
-                        fits[f"{group}/{fw}"] = {"exponent": slope, "points": pts}
-            payload["fits"] = fits
-            extra = "fitted exponent t ~ N^k (N >= 1,000): " + ", ".join(
-                f"{k} k={v['exponent']:.2f}" for k, v in fits.items())
-        payload["machine"]["load_avg_end"] = os.getloadavg()
-        (RESULTS / f"{section}.json").write_text(json.dumps(payload, indent=1))
-        print_table(section, entries, extra)
-        summary[section] = [{"name": e["name"], "ratio": e["ratio"]} for e in entries]
-    write_summary(summary)
-    log(f"results in {RESULTS}/")
+            payload["fits"] = fits(entries)
+        (results / f"{section}.json").write_text(json.dumps(payload, indent=1))
+        print(markdown(section, entries, payload.get("fits")), flush=True)
+    close_pool()
+    log(f"results in {results}/ ({(time.time() - t_start) / 60:.1f} min)")
     return 0
-
-
-def write_summary(extra: dict | None = None, show: bool = False) -> dict:
-    """summary.json from every section file present (so a partial rerun keeps the rest)."""
-    out: dict = {"sections": {}}
-    for section in ("inference", "training", "md", "scaling"):
-        path = RESULTS / f"{section}.json"
-        if not path.is_file():
-            continue
-        payload = json.loads(path.read_text())
-        out["sections"][section] = {
-            "machine": {k: payload["machine"].get(k) for k in ("date", "commit", "threads", "load_avg_start",
-                                                                 "load_avg_end")},
-            "entries": [
-                {"name": e["name"],
-                 "nnp": e["best"]["nnp"].get("items_per_s"),
-                 "peers": {fw: r.get("items_per_s") for fw, r in e["best"].items() if fw != "nnp"},
-                 "unit": e["best"]["nnp"].get("unit") or "steps/s",
-                 "ratio": e["ratio"]}
-                for e in payload["entries"]
-            ],
-        }
-        if "fits" in payload:
-            out["sections"][section]["fits"] = {k: v["exponent"] for k, v in payload["fits"].items()}
-        if show:
-            extra_line = None
-            if "fits" in payload:
-                extra_line = "fitted exponent t ~ N^k (N >= 1,000): " + ", ".join(
-                    f"{k} k={v['exponent']:.2f}" for k, v in payload["fits"].items())
-            print_table(section, payload["entries"], extra_line)
-    for key, value in (extra or {}).items():
-        if key in ("models", "data", "recipe"):
-            out["sections"][key] = value
-    (RESULTS / "summary.json").write_text(json.dumps(out, indent=1))
-    return out
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ standard library, numpy, torch and ase (all three peers install those).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -130,8 +131,10 @@ def batches(structures: list, size: int) -> list[list]:
     return [structures[k : k + size] for k in range(0, len(structures) - size + 1, size)]
 
 
-def md_run(atoms, calc, steps: int, repeats: int, dt_fs: float = 0.5) -> dict:
-    """Steps/s of ASE velocity Verlet with ``calc`` (the time of whole blocks of steps)."""
+def md_case(atoms, calc, steps: int, variant: str, **info) -> dict:
+    """A worker case of MD steps/s (ASE velocity Verlet, 0.5 fs, 300 K Maxwell-Boltzmann start):
+    ``first`` runs one step (its peak memory is the case's; it also builds caches, TorchScript,
+    neighbor lists), ``run(repeats)`` times ``repeats`` blocks of ``steps`` steps."""
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
@@ -139,52 +142,211 @@ def md_run(atoms, calc, steps: int, repeats: int, dt_fs: float = 0.5) -> dict:
     atoms = atoms.copy()
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dyn = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
-    dyn.run(2)  # warm-up (first calls build caches, JIT, ...)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dyn.run(steps)
-        times.append((time.perf_counter() - t0) / steps)
-    e = atoms.get_potential_energy() + atoms.get_kinetic_energy()
-    med = statistics.median(times)
-    return {"median_s": med, "min_s": min(times), "max_s": max(times), "repeats": repeats,
-            "inner": steps, "times": times, "steps_per_s": 1.0 / med, "final_total_energy_eV": float(e)}
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+
+    def run(repeats: int) -> dict:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dyn.run(steps)
+            times.append((time.perf_counter() - t0) / steps)
+        return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+                "repeats": repeats, "inner": steps, "times": times}
+
+    return {"first": lambda: dyn.run(1), "run": run, "items": 1, "unit": "steps/s",
+            "warmup_steps": min(2, steps) if steps >= 5 else 0, "dyn": dyn,
+            "info": {"n_atoms": len(atoms), "variant": variant, **info}}
+
+
+# ----------------------------------------------------------------- training commands
+def cached_extxyz(name: str, count: int) -> Path:
+    """The first ``count`` structures of a cached set as extxyz (energy eV, forces eV/Å), written once."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    path = CACHE / f"{name}_{count}.extxyz"
+    if not path.is_file():
+        frames = []
+        for s in split_structures(load_npz(name))[:count]:
+            atoms = to_atoms(s)
+            atoms.calc = SinglePointCalculator(atoms, energy=s["energy"], forces=s["forces"])
+            frames.append(atoms)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        write(tmp, frames, format="extxyz")
+        tmp.replace(path)
+    return path
+
+
+class _EpochTimes:
+    """Wall time of every epoch of a Lightning fit: from one training epoch's start to the next's
+    (training, validation, checkpoints, logs), the last to the end of fitting."""
+
+    def __init__(self):
+        self.starts: list[float] = []
+        self.end: float | None = None
+
+    def result(self, items_per_epoch: int) -> dict:
+        marks = self.starts + ([self.end] if self.end is not None else [])
+        epochs = [b - a for a, b in zip(marks, marks[1:])]
+        timed = epochs[1:] or epochs  # the first epoch pays for start-up (caches, workers): not counted
+        if not timed:
+            raise RuntimeError("no epoch was timed")
+        return {"median_s": statistics.median(timed), "min_s": min(timed), "max_s": max(timed),
+                "repeats": len(timed), "inner": 1, "times": timed, "epoch_s_all": epochs,
+                "first_epoch_s": epochs[0], "items_per_epoch": items_per_epoch}
+
+
+@contextlib.contextmanager
+def epoch_timer():
+    """Within the block, every ``pytorch_lightning.Trainer`` built gets a callback timing its epochs
+    (how the benchmark times the shipped ``nnp train`` without touching nnp)."""
+    import pytorch_lightning as pl
+
+    times = _EpochTimes()
+
+    class Timer(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            times.starts.append(time.perf_counter())
+
+        def on_train_end(self, trainer, module):
+            times.end = time.perf_counter()
+
+    init = pl.Trainer.__init__
+
+    def patched(self, *args, **kwargs):
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), Timer()]
+        init(self, *args, **kwargs)
+
+    pl.Trainer.__init__ = patched
+    try:
+        yield times
+    finally:
+        pl.Trainer.__init__ = init
+
+
+def epoch_case(one_training: Callable[[], dict], batch_size: int, variant: str) -> dict:
+    """A worker case whose every timing is one whole training run (``one_training`` returns
+    :meth:`_EpochTimes.result`): conformations/s = training structures per epoch / median epoch."""
+    case: dict = {"unit": "conformations/s", "items": 1, "info": {"variant": variant, "batch_size": batch_size}}
+
+    def run(repeats: int) -> dict:
+        t = one_training()
+        case["items"] = t["items_per_epoch"]
+        return t
+
+    case["run"] = run
+    return case
 
 
 # ----------------------------------------------------------------- driver
-def setup_torch(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+RESULT_MARK = "@@BENCH "  # prefix of result lines (libraries may print to stdout too)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("case")
+    p.add_argument("case", nargs="?", default="", help="the case (or each request's ``case``, --serve)")
     p.add_argument("--params", default="{}", help="JSON dict of case parameters")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", default="1", help="comma-separated torch thread counts, each timed in turn")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--serve", action="store_true",
+                   help="stay up: one JSON request per stdin line ({threads: [..], repeats: n}), one result line each")
     return p.parse_args()
 
 
-def main(cases: dict[str, Callable[..., dict]]) -> None:
-    """Run one case and print its result as the last line of stdout (JSON)."""
-    args = parse_args()
-    setup_torch(args.threads)
-    params = json.loads(args.params)
-    if args.case not in cases:
-        print(json.dumps({"error": f"unsupported case {args.case}"}))
-        sys.exit(0)
+def _measure_at(case: dict, threads: int, repeats: int, first_request: bool) -> dict:
+    """Time one prepared case at ``threads`` torch threads (median of ``repeats`` repeats)."""
     import torch
 
-    t0 = time.perf_counter()
-    result = cases[args.case](repeats=args.repeats, **params)
-    result.setdefault("threads", torch.get_num_threads())
-    result["torch"] = torch.__version__
-    result["wall_s"] = time.perf_counter() - t0
-    print(json.dumps(result))
+    torch.set_num_threads(threads)
+    if "run" in case:  # MD: blocks of steps; a short warm-up after a change of thread count
+        if case.get("warmup_steps"):
+            case["dyn"].run(case["warmup_steps"])
+        t = case["run"](repeats)
+    else:
+        kw = dict(case.get("measure", {}))
+        if not first_request:  # already warm: one call to choose the inner count
+            kw["warmup"] = 1
+        t = measure(case["call"], repeats, **kw)
+    t["items_per_s"] = case["items"] / t["median_s"]
+    t["threads"] = torch.get_num_threads()
+    return t
+
+
+def serve_request(case: dict, request: dict, first_request: bool) -> dict:
+    """One request: the peak memory of the first call (first request of a fresh process only),
+    then the timing at each thread count of ``request["threads"]``, in that order."""
+    out: dict = {"by_threads": {}}
+    if first_request and ("first" in case or "call" in case):
+        import torch
+
+        torch.set_num_threads(request["threads"][0])
+        t0 = time.perf_counter()
+        out["memory"] = peak_memory(case.get("first") or case["call"])
+        out["first_call_s"] = time.perf_counter() - t0
+    for threads in request["threads"]:
+        out["by_threads"][str(threads)] = _measure_at(case, threads, request["repeats"], first_request)
+    return out
+
+
+def main(cases: dict[str, Callable[..., dict]]) -> None:
+    """Answer requests: one from the command line, or one per stdin line (``--serve``).
+
+    A case function takes the case's parameters and returns a prepared case: ``call`` (one timed
+    call) or ``run(repeats)`` (its own timing: MD), ``items`` per call, ``unit``, optionally
+    ``first`` (the call whose peak memory counts), ``measure`` (kwargs of :func:`measure`),
+    ``info`` (variant, sizes), or ``error``. A request is ``{threads: [..], repeats: n}``, with
+    ``case`` and ``params`` to serve another case from the same process (prepared once, kept
+    until ``{"reset": true}``). Each answer is one stdout line: RESULT_MARK + JSON.
+    """
+    import gc
+    import traceback
+
+    import torch
+
+    args = parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(int(args.threads.split(",")[0]))
+    prepared: dict[str, tuple[dict, dict]] = {}
+
+    def answer(request: dict) -> dict:
+        name = request.get("case", args.case)
+        params = request.get("params", json.loads(args.params))
+        key = json.dumps([name, params], sort_keys=True)
+        first = key not in prepared
+        if first:
+            if name not in cases:
+                return {"error": f"unsupported case {name}"}
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            case = cases[name](**params)
+            if "result" in case or "error" in case:
+                return case
+            base = {**case.get("info", {}), "unit": case["unit"], "torch": torch.__version__,
+                    "setup_s": time.perf_counter() - t0}
+            prepared[key] = (case, base)
+        case, base = prepared[key]
+        t1 = time.perf_counter()
+        result = {**base, **serve_request(case, request, first_request=first)}
+        result["wall_s"] = time.perf_counter() - t1
+        return result
+
+    if args.serve:
+        requests = (json.loads(line) for line in sys.stdin)
+    else:
+        requests = iter([{"threads": [int(t) for t in args.threads.split(",")], "repeats": args.repeats}])
+    for request in requests:
+        if request.get("reset"):
+            prepared.clear()
+            gc.collect()
+            continue
+        try:
+            result = answer(request)
+        except Exception as err:  # noqa: BLE001 - reported to the driver, the server stays up
+            result = {"error": f"{type(err).__name__}: {err} ({traceback.format_exc().strip().splitlines()[-3]})"}
+        if "result" in result:  # a one-shot case (recipe_bench.py's ``fit``): its result as the last line
+            print(json.dumps(result["result"]), flush=True)
+            continue
+        print(RESULT_MARK + json.dumps(result), flush=True)
 
 
 # ------------------------------------------------- accuracy (recipe_bench.py)

@@ -8,6 +8,7 @@ SchNetPack models they are compared with (128 features, 3 interactions, 5 Å).
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -19,11 +20,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
     batches,
+    epoch_case,
     load_npz,
     main,
-    md_run,
-    measure,
-    peak_memory,
+    md_case,
     split_structures,
     to_atoms,
 )
@@ -65,8 +65,9 @@ def to_batch(structures, dtype=torch.float32) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ cases
-def ani_batch(repeats: int, batch_size: int = 256, model: str = "ani", fused: bool = True) -> dict:
-    """``fused=False``: ANI's reference descriptor path (autograd through the AEV's ops)."""
+def ani_batch(batch_size: int = 256, model: str = "ani", fused: bool = True) -> dict:
+    """Energy + forces of batches of small molecules, collated beforehand (model only).
+    ``fused=False``: ANI's reference descriptor path (autograd through the AEV's ops)."""
     structures = split_structures(load_npz("chno"))
     pot = build(model, structures).eval()
     set_fused(pot, fused)
@@ -77,18 +78,17 @@ def ani_batch(repeats: int, batch_size: int = 256, model: str = "ani", fused: bo
         pot(inputs[state["k"] % len(inputs)], compute_forces=True)
         state["k"] += 1
 
-    t = measure(step, repeats)
-    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "molecules/s"}
+    return {"call": step, "items": batch_size, "unit": "molecules/s", "info": {"variant": "eager"}}
 
 
-def single_point(repeats: int, system: str, model: str = "ani") -> dict:
+def single_point(system: str, model: str = "ani") -> dict:
+    """One structure from its arrays: collate + neighbor list + energy + forces (the same
+    boundaries as SchNetPack's neighbor list + collate and TorchANI's padding)."""
     (structure,) = split_structures(load_npz(system))
     pot = build(model, [structure]).eval()
-    batch = to_batch([structure])
     n = len(structure["Z"])
-    mem = peak_memory(lambda: pot(batch, compute_forces=True))  # first call, fresh process
-    t = measure(lambda: pot(batch, compute_forces=True), repeats, warmup=1, min_time=0)
-    return {**t, **mem, "n_atoms": n, "items_per_s": n / t["median_s"], "unit": "atoms/s"}
+    return {"call": lambda: pot(to_batch([structure]), compute_forces=True), "items": n, "unit": "atoms/s",
+            "measure": {"warmup": 0, "min_time": 0}, "info": {"n_atoms": n, "variant": "collate included"}}
 
 
 def set_fused(pot: Potential, fused: bool) -> None:
@@ -96,7 +96,8 @@ def set_fused(pot: Potential, fused: bool) -> None:
         pot.model.aev.fused = bool(fused)
 
 
-def train(repeats: int, dataset: str, batch_size: int, model: str = "ani", fused: bool = True) -> dict:
+def train(dataset: str, batch_size: int, model: str = "ani", fused: bool = True) -> dict:
+    """Training steps on batches collated beforehand: forward + force loss + backward + AdamW."""
     structures = split_structures(load_npz(dataset))
     pot = build(model, structures).train()
     set_fused(pot, fused)
@@ -114,17 +115,42 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "ani", fused
         backward_to_parameters(loss, pot)  # as nnp train's Lightning module does
         opt.step()
 
-    t = measure(step, repeats, warmup=3)
-    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "conformations/s"}
+    return {"call": step, "items": batch_size, "unit": "conformations/s", "measure": {"warmup": 3},
+            "info": {"variant": "neighbors searched in the step"}}
 
 
-def md(repeats: int, system: str, steps: int, model: str = "ani", jit: bool = False) -> dict:
+def md(system: str, steps: int, model: str = "ani", jit: bool = False, skin: float = 0.0) -> dict:
     (structure,) = split_structures(load_npz(system))
-    atoms = to_atoms(structure)
-    calc = NNPCalculator(build(model, [structure]), jit=jit)
-    res = md_run(atoms, calc, steps, repeats)
-    return {**res, "n_atoms": len(atoms), "variant": "TorchScript" if jit else "eager"}
+    calc = NNPCalculator(build(model, [structure]), jit=jit, skin=skin)
+    variant = ("TorchScript" if jit else "eager") + (f", skin {skin:g} Å" if skin else "")
+    return md_case(to_atoms(structure), calc, steps, variant)
+
+
+def train_command(model: str, dataset: str, epochs: int, batch_size: int = 32, structures: int = 320) -> dict:
+    """The shipped ``nnp train`` (Hydra config, data loader, Lightning, EMA, checkpoints, logs), in
+    this process, on the first ``structures`` structures of a cached set written as extxyz (80/10/10
+    split); the time of each epoch (training + validation + checkpoints) from a Lightning callback."""
+    from common import cached_extxyz, epoch_timer
+
+    from nnp.cli import main as nnp_main
+
+    data = cached_extxyz(dataset, structures)
+    size = SIZES.get(model, {})
+
+    def one_training() -> dict:
+        with tempfile.TemporaryDirectory() as tmp, epoch_timer() as timer:
+            argv = ["train", f"model={model}", "trainer=cpu", f"trainer.max_epochs={epochs}",
+                    "data.format=ase", f"data.path={data}", "data.energy_key=energy", "data.forces_key=forces", "data.units.energy=eV", "data.units.length=angstrom",
+                    f"data.batch_size={batch_size}", "evaluate_test=false", "early_stopping.patience=1000",
+                    f"hydra.run.dir={tmp}/run", *[f"model.{k}={v}" for k, v in size.items()]]
+            rc = nnp_main(argv)
+            if rc != 0:
+                raise RuntimeError(f"nnp train exited {rc}")
+        return timer.result(int(0.8 * structures))
+
+    return epoch_case(one_training, batch_size, f"nnp train, {epochs} epochs")
 
 
 if __name__ == "__main__":
-    main({"ani_batch": ani_batch, "single_point": single_point, "train": train, "md": md})
+    main({"ani_batch": ani_batch, "single_point": single_point, "train": train, "md": md,
+          "train_command": train_command})

@@ -10,6 +10,7 @@ backend (matscipy), as in its data pipeline and its ASE calculator.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -24,13 +25,12 @@ import torch.nn.functional as F  # noqa: E402
 from common import (  # noqa: E402
     batches,
     common_loss,
+    epoch_case,
     fit_epochs,
     heldout_errors,
     load_npz,
     main,
-    md_run,
-    measure,
-    peak_memory,
+    md_case,
     recipe_split,
     reference_energy,
     split_structures,
@@ -95,13 +95,16 @@ def to_inputs(structures, nbl=None) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ cases
-def train(repeats: int, dataset: str, batch_size: int, model: str = "schnet") -> dict:
+def train(dataset: str, batch_size: int, model: str = "schnet", jit: bool = False) -> dict:
+    """Training steps on batches whose neighbor lists its data pipeline computed beforehand (not
+    timed; its cost is ``pipeline_s_per_batch``): forward + force loss + backward + AdamW."""
     if model not in ("schnet", "painn"):
         return {"error": f"schnetpack has no {model} here"}
     structures = split_structures(load_npz(dataset))
     net = build(model)
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    run = torch.jit.script(net) if jit else net
     t0 = time.perf_counter()
     data = [to_inputs(b) for b in batches(structures, batch_size)]
     pipeline_s = (time.perf_counter() - t0) / len(data)
@@ -112,7 +115,7 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "schnet") ->
         state["k"] += 1
         inputs = {k: v for k, v in batch.items()}
         inputs[P.R] = batch[P.R].detach().clone()  # the model marks it requires_grad in place
-        out = net(inputs)
+        out = run(inputs)
         n = batch[P.n_atoms].to(out["energy"].dtype)
         loss = ((out["energy"] - batch["energy"]) / n).pow(2).mean()
         loss = loss + 10.0 * (out["forces"] - batch["forces"]).pow(2).mean()
@@ -120,42 +123,89 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "schnet") ->
         loss.backward()
         opt.step()
 
-    t = measure(step, repeats, warmup=3)
-    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "conformations/s",
-            "pipeline_s_per_batch": pipeline_s,
-            "items_per_s_with_pipeline": batch_size / (t["median_s"] + pipeline_s),
-            "variant": "neighbor lists precomputed (data pipeline, not timed)"}
+    return {"call": step, "items": batch_size, "unit": "conformations/s", "measure": {"warmup": 3},
+            "info": {"pipeline_s_per_batch": pipeline_s,
+                     "variant": f"{'jit' if jit else 'eager'}, neighbor lists precomputed (not timed)"}}
 
 
-def single_point(repeats: int, system: str, model: str = "schnet") -> dict:
+def single_point(system: str, model: str = "schnet", jit: bool = False) -> dict:
+    """One structure from its arrays: neighbor list (matscipy) + collate + energy + forces."""
     if model not in ("schnet", "painn"):
         return {"error": f"schnetpack has no {model} here"}
     (structure,) = split_structures(load_npz(system))
     net = build(model).eval()
+    run = torch.jit.script(net) if jit else net
     nbl = neighbor_list()
     n = len(structure["Z"])
-
-    def call():
-        return net(to_inputs([structure], nbl))
-
-    mem = peak_memory(call)  # first call, fresh process
-    t = measure(call, repeats, warmup=1, min_time=0)
-    return {**t, **mem, "n_atoms": n, "items_per_s": n / t["median_s"], "unit": "atoms/s",
-            "variant": "neighbor list (matscipy) included"}
+    return {"call": lambda: run(to_inputs([structure], nbl)), "items": n, "unit": "atoms/s",
+            "measure": {"warmup": 0, "min_time": 0},
+            "info": {"n_atoms": n, "variant": f"{'jit' if jit else 'eager'}, matscipy neighbor list included"}}
 
 
-def md(repeats: int, system: str, steps: int, model: str = "schnet") -> dict:
+def md(system: str, steps: int, model: str = "schnet", jit: bool = False, skin: float = 0.0) -> dict:
+    """SpkCalculator with matscipy neighbors; ``skin`` > 0: its SkinNeighborList (rebuilt when an atom
+    moved more than skin / 2); ``jit``: the loaded model scripted, as schnetpack.md's calculator does."""
     if model not in ("schnet", "painn"):
         return {"error": f"schnetpack has no {model} here"}
     (structure,) = split_structures(load_npz(system))
-    atoms = to_atoms(structure)
+    nbl = spk.transform.SkinNeighborList(neighbor_list(), cutoff_skin=skin) if skin else neighbor_list()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.pt"
         torch.save(build(model), path)
-        calc = SpkCalculator(str(path), neighbor_list=neighbor_list(), energy_unit="eV",
+        calc = SpkCalculator(str(path), neighbor_list=nbl, energy_unit="eV",
                              position_unit="Angstrom", dtype=torch.float32)
-    res = md_run(atoms, calc, steps, repeats)
-    return {**res, "n_atoms": len(atoms), "variant": "SpkCalculator, matscipy neighbor list"}
+    if jit:
+        calc.model = torch.jit.script(calc.model)
+    variant = f"SpkCalculator, {'jit' if jit else 'eager'}, matscipy" + (f", skin {skin:g} Å" if skin else "")
+    return md_case(to_atoms(structure), calc, steps, variant)
+
+
+def train_command(model: str, dataset: str, epochs: int, batch_size: int = 32, structures: int = 320) -> dict:
+    """SchNetPack's own training loop as its tutorials write it: ASEAtomsData + AtomsDataModule
+    (matscipy neighbor lists in the data loader, CastTo32), AtomisticTask (MSE energy 0.01 +
+    forces 0.99, AdamW 5e-4), Lightning Trainer with ModelCheckpoint and a TensorBoard logger;
+    same structures and 80/10/10 split sizes as ``nnp train``; epochs timed by a callback."""
+    import torchmetrics
+    from ase.io import read
+    from common import cached_extxyz, epoch_timer
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    if model not in ("schnet", "painn"):
+        return {"error": f"schnetpack has no {model} here"}
+    frames = read(cached_extxyz(dataset, structures), index=":")
+    n_train, n_val = int(0.8 * structures), int(0.1 * structures)
+
+    def one_training() -> dict:
+        here = os.getcwd()
+        with tempfile.TemporaryDirectory() as tmp, epoch_timer() as timer:
+            os.chdir(tmp)  # AtomsDataModule writes its splitting.lock in the working directory
+            db = spk.data.ASEAtomsData.create(
+                f"{tmp}/data.db", distance_unit="Ang", property_unit_dict={"energy": "eV", "forces": "eV/Ang"})
+            db.add_systems([{"energy": np.array([a.get_potential_energy()]), "forces": a.get_forces()}
+                            for a in frames], frames)
+            data = spk.data.AtomsDataModule(
+                f"{tmp}/data.db", batch_size=batch_size, num_train=n_train, num_val=n_val,
+                num_test=structures - n_train - n_val, split_file=f"{tmp}/split.npz",
+                transforms=[neighbor_list(), spk.transform.CastTo32()], num_workers=0, pin_memory=False)
+            data.prepare_data()
+            data.setup()
+            outputs = [
+                spk.task.ModelOutput(name=name, loss_fn=torch.nn.MSELoss(), loss_weight=weight,
+                                     metrics={"MAE": torchmetrics.MeanAbsoluteError()})
+                for name, weight in (("energy", 0.01), ("forces", 0.99))
+            ]
+            task = spk.task.AtomisticTask(model=build(model), outputs=outputs,
+                                          optimizer_cls=torch.optim.AdamW, optimizer_args={"lr": 5e-4})
+            trainer = Trainer(max_epochs=epochs, default_root_dir=tmp, accelerator="cpu", devices=1,
+                              logger=TensorBoardLogger(tmp), enable_progress_bar=False,
+                              callbacks=[ModelCheckpoint(dirpath=f"{tmp}/ckpt", monitor="val_loss")])
+            trainer.fit(task, datamodule=data)
+            os.chdir(here)
+        return timer.result(n_train)
+
+    return epoch_case(one_training, batch_size, f"AtomsDataModule + AtomisticTask + Trainer, {epochs} epochs")
 
 
 def fit(repeats: int, epochs: int = 15, batch_size: int = 32, model: str = "schnet", seed: int = 0) -> dict:
@@ -219,4 +269,5 @@ def fit(repeats: int, epochs: int = 15, batch_size: int = 32, model: str = "schn
 
 
 if __name__ == "__main__":
-    main({"train": train, "single_point": single_point, "md": md, "fit": fit})
+    main({"train": train, "single_point": single_point, "md": md, "train_command": train_command,
+          "fit": lambda **kw: {"result": fit(0, **kw)}})

@@ -24,9 +24,7 @@ from common import (  # noqa: E402
     heldout_errors,
     load_npz,
     main,
-    md_run,
-    measure,
-    peak_memory,
+    md_case,
     recipe_split,
     reference_energy,
     split_structures,
@@ -78,7 +76,8 @@ def energy_forces(model, species, coords, cell=None, pbc=None):
 
 
 # ------------------------------------------------------------------ cases
-def ani_batch(repeats: int, batch_size: int = 256, jit: bool = False) -> dict:
+def ani_batch(batch_size: int = 256, jit: bool = False) -> dict:
+    """Energy + forces of padded batches built beforehand (model only)."""
     structures = split_structures(load_npz("chno"))
     model = build(symbols_of(structures), "all_pairs", jit)
     inputs = [padded(b)[:2] for b in batches(structures, batch_size)]
@@ -89,27 +88,27 @@ def ani_batch(repeats: int, batch_size: int = 256, jit: bool = False) -> dict:
         state["k"] += 1
         energy_forces(model, species, coords)
 
-    t = measure(step, repeats)
-    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "molecules/s",
-            "variant": "jit" if jit else "eager"}
+    return {"call": step, "items": batch_size, "unit": "molecules/s", "info": {"variant": "jit" if jit else "eager"}}
 
 
-def single_point(repeats: int, system: str, neighborlist: str = "cell_list", jit: bool = False,
-                 model: str = "ani") -> dict:
+def single_point(system: str, neighborlist: str = "cell_list", jit: bool = False, model: str = "ani") -> dict:
+    """One structure from its arrays: padding + neighbor list + energy + forces."""
     if model != "ani":
         return {"error": "torchani provides ANI only"}
     (structure,) = split_structures(load_npz(system))
-    model = build(symbols_of([structure]), neighborlist, jit)
-    species, coords, _, _ = padded([structure])
+    net = build(symbols_of([structure]), neighborlist, jit)
     n = len(structure["Z"])
     cell = pbc = None
     if structure["pbc"].any():
         cell = torch.from_numpy(structure["cell"]).float()
         pbc = torch.from_numpy(structure["pbc"])
-    mem = peak_memory(lambda: energy_forces(model, species, coords, cell, pbc))  # first call, fresh process
-    t = measure(lambda: energy_forces(model, species, coords, cell, pbc), repeats, warmup=1, min_time=0)
-    return {**t, **mem, "n_atoms": n, "items_per_s": n / t["median_s"], "unit": "atoms/s",
-            "variant": f"{'jit' if jit else 'eager'}, {neighborlist}"}
+
+    def call():
+        species, coords, _, _ = padded([structure])
+        return energy_forces(net, species, coords, cell, pbc)
+
+    return {"call": call, "items": n, "unit": "atoms/s", "measure": {"warmup": 0, "min_time": 0},
+            "info": {"n_atoms": n, "variant": f"{'jit' if jit else 'eager'}, {neighborlist}"}}
 
 
 def _optimizers(model):
@@ -126,13 +125,15 @@ def _optimizers(model):
     return adamw, sgd
 
 
-def train(repeats: int, dataset: str, batch_size: int, model: str = "ani") -> dict:
+def train(dataset: str, batch_size: int, model: str = "ani", jit: bool = False) -> dict:
+    """TorchANI's force-training recipe on padded batches built beforehand."""
     if model != "ani":
         return {"error": "torchani provides ANI only"}
     structures = split_structures(load_npz(dataset))
     net = build(symbols_of(structures), "all_pairs")
     net.train()
     adamw, sgd = _optimizers(net)
+    run = torch.jit.script(net) if jit else net
     data = [padded(b) for b in batches(structures, batch_size)]
     mse = torch.nn.MSELoss(reduction="none")
     state = {"k": 0}
@@ -142,7 +143,7 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "ani") -> di
         state["k"] += 1
         coords = coords.detach().requires_grad_(True)
         num_atoms = (species >= 0).sum(dim=1, dtype=true_energies.dtype)
-        energies = net((species, coords)).energies
+        energies = run((species, coords)).energies
         forces = -torch.autograd.grad(energies.sum(), coords, create_graph=True, retain_graph=True)[0]
         energy_loss = (mse(energies, true_energies) / num_atoms.sqrt()).mean()
         force_loss = (mse(true_forces, forces).sum(dim=(1, 2)) / num_atoms).mean()
@@ -153,21 +154,18 @@ def train(repeats: int, dataset: str, batch_size: int, model: str = "ani") -> di
         adamw.step()
         sgd.step()
 
-    t = measure(step, repeats, warmup=3)
-    return {**t, "items_per_s": batch_size / t["median_s"], "unit": "conformations/s",
-            "variant": "examples/nnp_training_force.py recipe"}
+    return {"call": step, "items": batch_size, "unit": "conformations/s", "measure": {"warmup": 3},
+            "info": {"variant": f"examples/nnp_training_force.py recipe, {'jit' if jit else 'eager'}"}}
 
 
-def md(repeats: int, system: str, steps: int, model: str = "ani", jit: bool = False) -> dict:
+def md(system: str, steps: int, model: str = "ani", jit: bool = False) -> dict:
     if model != "ani":
         return {"error": "torchani provides ANI only"}
     (structure,) = split_structures(load_npz(system))
     atoms = to_atoms(structure)
     neighborlist = "cell_list" if atoms.pbc.any() or len(atoms) > 500 else "all_pairs"
     net = build(symbols_of([structure]), neighborlist, jit=False)
-    calc = net.ase(jit=jit)
-    res = md_run(atoms, calc, steps, repeats)
-    return {**res, "n_atoms": len(atoms), "variant": f"{'jit' if jit else 'eager'}, {neighborlist}"}
+    return md_case(atoms, net.ase(jit=jit), steps, f"{'jit' if jit else 'eager'}, {neighborlist}")
 
 
 def fit(repeats: int, epochs: int = 15, batch_size: int = 32, model: str = "ani", seed: int = 0) -> dict:
@@ -228,4 +226,5 @@ def fit(repeats: int, epochs: int = 15, batch_size: int = 32, model: str = "ani"
 
 if __name__ == "__main__":
     assert torchani.__version__
-    main({"ani_batch": ani_batch, "single_point": single_point, "train": train, "md": md, "fit": fit})
+    main({"ani_batch": ani_batch, "single_point": single_point, "train": train, "md": md,
+          "fit": lambda **kw: {"result": fit(0, **kw)}})
