@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnp.config.fields import group, setting
-from nnp.config.schema import CKPT, DTYPES, MD_ENSEMBLES
+from nnp.config.schema import MD_ENSEMBLES
+from nnp.config.schema_inference import StructuresCommand
 from nnp.registry import BAROSTATS, MD_ENGINES, RELAX_OPTIMIZERS, THERMOSTATS
 
 
@@ -53,33 +54,21 @@ class DynamicsConfig:
 
 
 @dataclass
-class MDCommand:
-    ckpt: Any = setting(None, **CKPT)
+class MDCommand(StructuresCommand):
     input: str = setting(None, required="input=start.xyz")
     index: str | int = setting("0", hint="an ASE index")
     output: str = setting("md.extxyz")
     log: str | None = setting(None)
-    overwrite: bool = setting(False)
-    device: str = setting("cpu")
     threads: Any = setting("auto", check=lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                            allowed='"auto" or a whole number >= 1')
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-    min_distance: float = setting(0.5, ge=0, hint="Å")
     md: DynamicsConfig = group(DynamicsConfig)
 
 
 @dataclass
-class RelaxCommand:
-    ckpt: Any = setting(None, **CKPT)
-    input: str = setting(None, required="input=structures.extxyz")
+class RelaxCommand(StructuresCommand):
     output: str = setting("relaxed.extxyz")
-    overwrite: bool = setting(False)
-    index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
     optimizer: str = setting("fire", choices=RELAX_OPTIMIZERS, ignore_case=True)
     fmax: float = setting(0.05, gt=0, hint="eV/Å")
     max_steps: int = setting(500, ge=1)
     cell: bool = setting(False, hint="relax periodic cells too (FrechetCellFilter)")
     pressure_bar: float = setting(0.0, hint="cell=true: target pressure (bar)")
-    device: str = setting("cpu")
-    dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
-    min_distance: float = setting(0.5, ge=0, hint="Å")

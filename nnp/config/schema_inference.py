@@ -1,4 +1,5 @@
-"""Schema of the commands that apply a model to structures: ``nnp evaluate`` and ``nnp predict``.
+"""Schema of the commands that apply a model to structures: ``nnp evaluate`` and ``nnp predict``
+(and what ``nnp md`` and ``nnp relax`` share with predict: :class:`StructuresCommand`).
 
 See :mod:`nnp.config.schema` for how the classes steer the checker.
 """
@@ -29,15 +30,22 @@ class EvaluateCommand:
 
 
 @dataclass
-class PredictCommand:
+class StructuresCommand:
+    """What every command that runs a model on a structure file reads (predict, md, relax)."""
+
     ckpt: Any = setting(None, **CKPT)
     input: str = setting(None, required="input=structures.extxyz")
-    output: str = setting("predicted.extxyz")
+    output: str = setting(None, required="output=out.extxyz")
     overwrite: bool = setting(False)
-    format: str | None = setting(None, hint="an ASE format or hdf5; null: from the file extension")
     index: str | int = setting(":", hint='an ASE index: ":", "0", "-1", "::10"')
-    batch_size: int = setting(64, ge=1)
     device: str = setting("cpu")
     dtype: str | None = setting(None, choices=DTYPES, hint="null: the model's own")
     min_distance: float = setting(0.5, ge=0, hint="Å")
+
+
+@dataclass
+class PredictCommand(StructuresCommand):
+    output: str = setting("predicted.extxyz")
+    format: str | None = setting(None, hint="an ASE format or hdf5; null: from the file extension")
+    batch_size: int = setting(64, ge=1)
     fast_io: bool = setting(True, hint="extxyz: the extxyz package's C reader (when installed) and a bulk writer; false: ASE's")
