@@ -109,7 +109,7 @@ class AEV(nn.Module):
         autograd graph gives faster than differentiating the fused node's backward: measured
         5% slower), and for cutoffs other than ANI's cosine ones (the closed form assumes them;
         a test swaps in broken ones)."""
-        from nnp.models import aev_native
+        import nnp.models.aev_native as aev_native
         from nnp.models.aev_fused import FusedAEV
 
         if type(self.radial_cut) is not CosineCutoff or type(self.angular_cut) is not CosineCutoff:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nnp.models import aev_native
+import nnp.models.aev_native as aev_native
 
 
 class FusedAEV(torch.autograd.Function):
