@@ -23,6 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from nnp.config.commands import COMMANDS
 from nnp.config.fields import Rule, key_of, rule_of
+from nnp.config.stages import parse_stages
 from nnp.errors import NNPError
 
 MISSING = "???"  # Hydra/OmegaConf's "must be set"
@@ -270,6 +271,10 @@ def _relations_loss(loss: Mapping[str, Any]) -> None:
     if not any(w > 0 for w in weights.values()):
         raise ConfigError(f"loss.energy_weight={show(weights['energy_weight'])}, loss.forces_weight="
                           f"{show(weights['forces_weight'])}: at least one weight must be > 0")
+    try:
+        parse_stages(loss.get("stages"))
+    except NNPError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _smallest_shift(shifts: list[float] | None) -> float:

@@ -28,7 +28,6 @@ the plateau schedule compare epochs of different stages on one scale.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,9 +35,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from nnp.errors import NNPError
-
-STAGE_KEYS = ("from_epoch", "from_fraction", "energy_weight", "forces_weight", "energy_factor", "forces_factor")
+from nnp.config.stages import STAGE_KEYS, parse_stages  # noqa: F401  (re-exported: the loss-stage settings)
+from nnp.report import console
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -99,29 +97,7 @@ def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]
             group["lr"] = lr
 
 
-def parse_stages(stages: Sequence[Mapping[str, Any]] | None) -> list[dict[str, float]]:
-    """Checked stages sorted by ``from_epoch``; NNPError naming ``loss.stages[i].key`` otherwise."""
-    out = []
-    for i, stage in enumerate(stages or []):
-        if not isinstance(stage, Mapping):
-            raise NNPError(f"loss.stages[{i}]={stage!r}: a mapping such as {{from_epoch: 10, energy_factor: 10}}")
-        for key, value in stage.items():
-            if key not in STAGE_KEYS:
-                raise NNPError(f"loss.stages[{i}].{key}: not a stage setting (settings: {', '.join(STAGE_KEYS)})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise NNPError(f"loss.stages[{i}].{key}={value!r}: a number >= 0")
-        if ("from_epoch" in stage) == ("from_fraction" in stage):
-            raise NNPError(f"loss.stages[{i}]: needs from_epoch (the 0-based epoch it starts at) or from_fraction "
-                           "(of trainer.max_epochs), one of them")
-        if "from_epoch" in stage and int(stage["from_epoch"]) != stage["from_epoch"]:
-            raise NNPError(f"loss.stages[{i}].from_epoch={stage['from_epoch']!r}: a whole number")
-        if "from_fraction" in stage and not stage["from_fraction"] <= 1:
-            raise NNPError(f"loss.stages[{i}].from_fraction={stage['from_fraction']!r}: a fraction of the run in [0, 1]")
-        for term in ("energy", "forces"):
-            if f"{term}_weight" in stage and f"{term}_factor" in stage:
-                raise NNPError(f"loss.stages[{i}]: give {term}_weight or {term}_factor, not both")
-        out.append({k: float(v) for k, v in stage.items()})
-    return sorted(out, key=lambda s: s.get("from_epoch", s.get("from_fraction", 0.0)))
+_noted: set[int] = set()
 
 
 def resolve_stages(stages: Sequence[Mapping[str, float]], max_epochs: int | None) -> list[dict[str, float]]:
@@ -134,8 +110,10 @@ def resolve_stages(stages: Sequence[Mapping[str, float]], max_epochs: int | None
         stage = dict(stage)
         if "from_fraction" in stage:
             if not max_epochs or max_epochs < 0:
-                warnings.warn(f"loss.stages[{i}] (from_fraction) left out: the run has no trainer.max_epochs; "
-                              "give from_epoch instead", stacklevel=2)
+                if i not in _noted:  # said once per stage, not every epoch
+                    _noted.add(i)
+                    console.print(f"[yellow]note:[/] loss.stages[{i}] (from_fraction) left out: the run has no "
+                                  "trainer.max_epochs; give from_epoch instead")
                 continue
             stage["from_epoch"] = float(round(stage.pop("from_fraction") * max_epochs))
         out.append(stage)
