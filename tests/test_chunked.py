@@ -28,6 +28,7 @@ def _set_small_chunks(pot) -> None:
     if hasattr(model, "chunk_atoms"):
         model.chunk_atoms = 3
         model.backward_chunk_above = 0
+        model.closed_form = False  # autograd per chunk (the closed form: tests/test_closed_form.py)
     if hasattr(model, "pair_chunk"):
         model.pair_chunk = 7
         model.chunk_above = 7
@@ -37,6 +38,7 @@ def _set_whole(pot) -> None:
     model = pot.model
     if hasattr(model, "chunk_atoms"):
         model.chunk_atoms = 1 << 30
+        model.closed_form = False
     if hasattr(model, "pair_chunk"):
         model.chunk_above = 1 << 30
 

@@ -21,7 +21,7 @@ every eager ANI model; TorchScript runs the reference forward
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -34,13 +34,7 @@ class FusedAEV(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tensor,
                 first_center: int, n_centers: int) -> torch.Tensor:
-        ctx.native = aev_native.supports(aev, vectors)
-        if ctx.native:
-            features, ctx.geometry = aev_native.forward(aev, species, pairs, vectors, first_center, n_centers)
-        else:
-            with torch.no_grad():
-                ctx.distances = torch.linalg.norm(vectors, dim=-1)
-                features, ctx.geometry = aev._compute(species, pairs, vectors, ctx.distances, first_center, n_centers, True)
+        features, ctx.state = describe(aev, species, pairs, vectors, first_center, n_centers)
         ctx.aev = aev
         ctx.args = (species, pairs, first_center, n_centers)
         ctx.save_for_backward(vectors)
@@ -58,9 +52,28 @@ class FusedAEV(torch.autograd.Function):
                 v = vectors if vectors.requires_grad else vectors.detach().requires_grad_(True)
                 features = aev._compute(species, pairs, v, torch.linalg.norm(v, dim=-1), first_center, n_centers, False)[0]
                 (out,) = torch.autograd.grad([features], [v], [grad], create_graph=True)
-        elif ctx.native:
-            out = aev_native.backward(aev, ctx.geometry, grad)
-        else:
-            g = grad.contiguous()[None]
-            out = aev._vector_jacobian_many(vectors, ctx.distances, g, ctx.geometry, 0)[0].t()
-        return None, None, None, out, None, None
+            return None, None, None, out, None, None
+        return None, None, None, pull_back(aev, ctx.state, grad), None, None
+
+
+def describe(aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tensor, first_center: int,
+             n_centers: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """AEVs (n_centers, length) without a graph, and the state :func:`pull_back` needs: on the
+    compiled kernel where it runs, else the torch geometry of the closed form."""
+    vectors = vectors.detach()
+    if aev_native.supports(aev, vectors):
+        features, geometry = aev_native.forward(aev, species, pairs, vectors, first_center, n_centers)
+        return features, {"native": True, "geometry": geometry}
+    with torch.no_grad():
+        distances = torch.linalg.norm(vectors, dim=-1)
+        features, geometry = aev._compute(species, pairs, vectors, distances, first_center, n_centers, True)
+    return features, {"native": False, "geometry": geometry, "vectors": vectors, "distances": distances}
+
+
+def pull_back(aev, state: Dict[str, Any], grad: torch.Tensor) -> torch.Tensor:
+    """dE/d(pair vectors) (P, 3) for ``grad`` = dE/dAEV (n_centers, length) of :func:`describe`'s AEVs."""
+    if state["native"]:
+        return aev_native.backward(aev, state["geometry"], grad)
+    with torch.no_grad():
+        g = grad.contiguous()[None]
+        return aev._vector_jacobian_many(state["vectors"], state["distances"], g, state["geometry"], 0)[0].t()

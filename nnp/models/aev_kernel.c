@@ -199,3 +199,49 @@ void angular_backward_##SUF(int64_t c0, int64_t c1, const int64_t *starts, const
 
 KERNELS(float, f32, expf, sqrtf, powf, cosf, sinf)
 KERNELS(double, f64, exp, sqrt, pow, cos, sin)
+
+/* The forward's preparation, in one pass where torch took ~25 small ops (most of a molecule's AEV).
+   Per pair p: dist[p] and rows[p] (its radial block: center * width + neighbor species * n_r).
+   Per close pair (d < rca), grouped by center in pair order (a counting sort; pos: n scratch):
+   close[k] its pair, unit[k], dclose[k], the cosine cutoff fc[k] and its slope dfc[k], nsp[k]
+   the neighbor's species; starts (n + 1) the CSR offsets. Returns the number of close pairs,
+   or -1 (a center outside first..first+n-1), -2 (a neighbor outside 0..n_atoms-1), -3 (a
+   species outside 0..S-1), before anything is written where those would point. */
+#define PREPARE(T, SUF, SQRT, COS, SIN)                                                                  \
+int64_t prepare_##SUF(int64_t P, int64_t n, int64_t first, const int64_t *pi, const int64_t *pj,          \
+                      const int64_t *species, int64_t n_atoms, int64_t S, const T *vec, int64_t width,     \
+                      int64_t n_r, T rca, T *dist, int64_t *rows, int64_t *starts, int64_t *pos,           \
+                      int64_t *close, T *unit, T *dclose, T *fc, T *dfc, int64_t *nsp) {                   \
+    for (int64_t p = 0; p < P; p++) {                                                                      \
+        int64_t i = pi[p] - first, j = pj[p];                                                              \
+        if (i < 0 || i >= n) return -1;                                                                    \
+        if (j < 0 || j >= n_atoms) return -2;                                                              \
+        if (species[j] < 0 || species[j] >= S) return -3;                                                  \
+    }                                                                                                      \
+    for (int64_t c = 0; c <= n; c++) starts[c] = 0;                                                        \
+    for (int64_t p = 0; p < P; p++) {                                                                      \
+        const T *v = vec + 3 * p;                                                                          \
+        T d = SQRT(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);                                               \
+        dist[p] = d;                                                                                       \
+        rows[p] = (pi[p] - first) * width + species[pj[p]] * n_r;                                          \
+        if (d < rca) starts[pi[p] - first + 1]++;                                                          \
+    }                                                                                                      \
+    for (int64_t c = 0; c < n; c++) { starts[c + 1] += starts[c]; pos[c] = starts[c]; }                    \
+    T w = (T)M_PI / rca;                                                                                   \
+    for (int64_t p = 0; p < P; p++) {                                                                      \
+        T d = dist[p];                                                                                     \
+        if (!(d < rca)) continue;                                                                          \
+        int64_t k = pos[pi[p] - first]++;                                                                  \
+        const T *v = vec + 3 * p;                                                                          \
+        close[k] = p;                                                                                      \
+        unit[3 * k] = v[0] / d; unit[3 * k + 1] = v[1] / d; unit[3 * k + 2] = v[2] / d;                    \
+        dclose[k] = d;                                                                                     \
+        fc[k] = (T)0.5 * (COS(d * w) + 1);                                                                 \
+        dfc[k] = (T)-0.5 * w * SIN(d * w);                                                                 \
+        nsp[k] = species[pj[p]];                                                                           \
+    }                                                                                                      \
+    return starts[n];                                                                                      \
+}
+
+PREPARE(float, f32, sqrtf, cosf, sinf)
+PREPARE(double, f64, sqrt, cos, sin)

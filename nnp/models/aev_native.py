@@ -139,6 +139,8 @@ def _load(path: Path) -> Any:
         params = [ptr, i64, ptr, ptr, i64, real, real, i64]
         getattr(lib, f"angular_forward_{suffix}").argtypes = common + [ptr, ptr, i64] + params + [ptr, i64, i64]
         getattr(lib, f"angular_backward_{suffix}").argtypes = common + [ptr, ptr, ptr, i64] + params + [ptr, i64, ptr, i64]
+        getattr(lib, f"prepare_{suffix}").argtypes = [i64] * 3 + [ptr] * 3 + [i64] * 2 + [ptr] + [i64] * 2 + [real] + [ptr] * 10
+        getattr(lib, f"prepare_{suffix}").restype = i64
         for name in ("radial_forward", "radial_backward", "angular_forward", "angular_backward"):
             getattr(lib, f"{name}_{suffix}").restype = None
     return lib
@@ -161,6 +163,19 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _constants(aev, dtype: torch.dtype) -> Dict[str, Any]:
+    """The kernel's constants in ``dtype``, cached on ``aev`` (rebuilt when a buffer changed: a
+    new state dict): per call they were ~10 small ops, a tenth of a small molecule's AEV."""
+    buffers = (aev.radial_shifts, aev.angular_radial_shifts, aev.angle_shifts, aev.species_pair_index)
+    key = (float(aev.angular_zeta),) + tuple(b._version for b in buffers)
+    cache = aev.__dict__.setdefault("_native_constants", {})
+    entry = cache.get(dtype)
+    # (the entry holds the buffers themselves, so "is" cannot match a new tensor at a reused address)
+    if entry is None or entry[0] != key or any(a is not b for a, b in zip(entry[1], buffers)):
+        entry = cache[dtype] = (key, buffers, _make_constants(aev, dtype))
+    return entry[2]
+
+
+def _make_constants(aev, dtype: torch.dtype) -> Dict[str, Any]:
     zeta = float(aev.angular_zeta)
     izeta = int(zeta) if float(int(zeta)) == zeta and 1 <= int(zeta) <= 1024 else 0
     return {
@@ -182,39 +197,35 @@ def forward(aev, species: torch.Tensor, pairs: torch.Tensor, vectors: torch.Tens
     suffix = "f32" if vectors.dtype == torch.float32 else "f64"
     with torch.no_grad():
         vectors = vectors.detach().contiguous()
+        species = species.contiguous()
         n = species.shape[0] if n_centers < 0 else n_centers
-        i = pairs[0] - first_center if first_center != 0 else pairs[0]
-        j = pairs[1]
-        # the kernel writes where these point: check what torch's indexing would have
-        if i.numel() > 0 and (int(i.min()) < 0 or int(i.max()) >= n):
-            raise IndexError(f"pair centers outside atoms {first_center}..{first_center + n - 1}")
-        if species.numel() > 0 and (int(species.min()) < 0 or int(species.max()) >= aev.n_species):
-            raise IndexError(f"species outside 0..{aev.n_species - 1}")
-        distances = torch.linalg.norm(vectors, dim=-1)
-        k = _constants(aev, vectors.dtype)
+        n_pairs = pairs.shape[1]
+        dtype = vectors.dtype
+        k = _constants(aev, dtype)
         n_r = k["radial_shifts"].numel()
         width = aev.length
-        out = torch.zeros((n, width), dtype=vectors.dtype)
-        rows = (i * width + species[j] * n_r).contiguous()  # each pair's radial block in out
+        # per pair and per close pair: what the kernel's prepare writes (close pairs: at most all)
+        distances, d_close, fc, dfc = torch.empty((4, n_pairs), dtype=dtype).unbind(0)
+        unit = torch.empty((n_pairs, 3), dtype=dtype)
+        rows, close, nsp = torch.empty((3, n_pairs), dtype=torch.long).unbind(0)
+        starts, pos = torch.empty(n + 1, dtype=torch.long), torch.empty(max(n, 1), dtype=torch.long)
+        centers, neighbors = pairs[0].contiguous(), pairs[1].contiguous()  # (held: the kernel reads them)
+        m = getattr(lib, f"prepare_{suffix}")(
+            n_pairs, n, first_center, _ptr(centers), _ptr(neighbors), _ptr(species),
+            species.shape[0], aev.n_species, _ptr(vectors), width, n_r, aev.angular_cutoff, _ptr(distances),
+            _ptr(rows), _ptr(starts), _ptr(pos), _ptr(close), _ptr(unit), _ptr(d_close), _ptr(fc), _ptr(dfc), _ptr(nsp),
+        )
+        if m < 0:  # checked before the kernel wrote anything
+            raise IndexError(
+                {-1: f"pair centers outside atoms {first_center}..{first_center + n - 1}",
+                 -2: f"pair neighbors outside atoms 0..{species.shape[0] - 1}",
+                 -3: f"species outside 0..{aev.n_species - 1}"}[m])
+        close, unit, d_close, fc, dfc, nsp = close[:m], unit[:m], d_close[:m], fc[:m], dfc[:m], nsp[:m]
+        out = torch.zeros((n, width), dtype=dtype)
         getattr(lib, f"radial_forward_{suffix}")(
-            0, rows.shape[0], _ptr(rows), _ptr(distances), aev.radial_cutoff, _ptr(k["radial_shifts"]), n_r,
+            0, n_pairs, _ptr(rows), _ptr(distances), aev.radial_cutoff, _ptr(k["radial_shifts"]), n_r,
             aev.radial_eta, _ptr(out),
         )
-        # close pairs (angular cutoff), grouped by center
-        close = torch.nonzero(distances < aev.angular_cutoff).flatten()
-        centers = i[close]
-        if centers.shape[0] > 1 and not bool((centers[1:] >= centers[:-1]).all()):
-            close = close[torch.argsort(centers, stable=True)]
-            centers = i[close]
-        counts = torch.bincount(centers, minlength=n)
-        starts = torch.zeros(n + 1, dtype=torch.long)
-        torch.cumsum(counts, 0, out=starts[1:])
-        d_close = distances[close].contiguous()
-        unit = (vectors[close] / d_close[:, None]).contiguous()
-        phase = d_close * (torch.pi / aev.angular_cutoff)
-        fc = (0.5 * (torch.cos(phase) + 1.0)).contiguous()
-        dfc = ((-0.5 * torch.pi / aev.angular_cutoff) * torch.sin(phase)).contiguous()
-        nsp = species[j[close]].contiguous()
         angular_out = out[:, aev.radial_length:]
         getattr(lib, f"angular_forward_{suffix}")(
              0, n, _ptr(starts), _ptr(unit), _ptr(d_close), _ptr(fc), _ptr(nsp), _ptr(k["pair_index"]), aev.n_species,

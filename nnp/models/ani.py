@@ -46,6 +46,8 @@ class ANI(AtomisticModel):
         self.networks = ElementwiseMLP(n_species, self.aev.length, per_species, activation)
         # atoms per chunk for large inputs (a speed setting only; results are the same)
         self.chunk_atoms = 1024
+        # inference with forces without autograd (nnp.models.pair_gradient); False: autograd's graph
+        self.closed_form = True
 
     @torch.jit.unused
     def parameter_groups(self) -> Dict[str, List[str]]:

@@ -45,6 +45,9 @@ ANI_MIN_ATOMS = 16384
 
 
 def _ani(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor] | None:
+    closed = _ani_closed_form(model, inputs)
+    if closed is not None:
+        return closed
     species = inputs[keys.SPECIES]
     if species.shape[0] <= getattr(model, "backward_chunk_above", ANI_MIN_ATOMS):
         return None
@@ -63,6 +66,41 @@ def _ani(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.T
             (g,) = torch.autograd.grad([e.sum()], [v])
             grad[p0:p1] = g
             energies[start:stop] = e.detach()
+    if order.numel() > 0:  # back to the input's pair order
+        grad = torch.empty_like(grad).index_copy_(0, order, grad)
+    return {keys.ATOMIC_ENERGY: energies}, grad
+
+
+def _ani_closed_form(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor] | None:
+    """ANI's energies and dE/d(pair vectors) with no autograd graph at all, at any size: per chunk
+    of centers, the AEVs and their geometry (:func:`nnp.models.aev_fused.describe`), the element
+    networks' outputs and input gradients by the chain rule written out
+    (:meth:`nnp.nn.mlp.ElementwiseMLP.value_and_input_gradient`), and the AEV's closed-form
+    vector-Jacobian product (:func:`nnp.models.aev_fused.pull_back`). The numbers of autograd's
+    path to float tolerance (tests/test_pair_gradient.py); a 21-atom MD step took 5.7 ms on the
+    autograd path, mostly its graph bookkeeping.
+
+    None where that path does not apply: switched off (``model.closed_form = False``), the
+    reference AEV selected (``aev.fused = False``),
+    cutoffs other than ANI's cosine ones, or an activation without a closed-form slope."""
+    from nnp.models.aev import CosineCutoff
+    from nnp.models.aev_fused import describe, pull_back
+
+    aev = model.aev
+    if not getattr(model, "closed_form", True) or not aev.fused or type(aev.radial_cut) is not CosineCutoff or type(aev.angular_cut) is not CosineCutoff:
+        return None
+    species = inputs[keys.SPECIES]
+    pairs, vectors, _, order, bounds = model._pair_chunks(inputs)
+    grad = torch.empty_like(vectors, requires_grad=False)
+    energies = torch.empty(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+    with torch.no_grad():
+        for start, stop, p0, p1 in bounds:
+            features, state = describe(aev, species, pairs[:, p0:p1], vectors[p0:p1], start, stop - start)
+            nets = model.networks.value_and_input_gradient(features, species[start:stop])
+            if nets is None:
+                return None
+            energies[start:stop], d_features = nets
+            grad[p0:p1] = pull_back(aev, state, d_features)
     if order.numel() > 0:  # back to the input's pair order
         grad = torch.empty_like(grad).index_copy_(0, order, grad)
     return {keys.ATOMIC_ENERGY: energies}, grad
