@@ -13,7 +13,7 @@ energy + forces, nnp (fused descriptor: compiled kernel; and the reference
 autograd path) against TorchANI's TorchScript and eager models; the parts of
 nnp's batch: neighbor list, AEV forward + backward (fused on the compiled
 kernel, fused on torch ops, autograd reference), element networks forward +
-input gradient; and one GEMM of the networks' first-layer shape: the
+input gradient (autograd, and the closed form inference runs); and one GEMM of the networks' first-layer shape: the
 networks' FLOPs at that GEMM's rate give the atoms/s limit the networks set,
 and nnp's atoms/s is reported as a fraction of it. ``--training``: ANI
 training steps on the CHNO set (batch 64, forces in the loss) against
@@ -160,6 +160,8 @@ def batch_case(threads: int, rounds: int, with_peer: bool) -> dict:
         "aev_fused_torch": descriptor(True, False),
         "aev_reference": descriptor(False, False),
         "networks": networks,
+        # what inference runs (nnp.models.pair_gradient): the chain rule written out, no graph
+        "networks_closed_form": lambda: pot.model.networks.value_and_input_gradient(features, species),
         "gemm": lambda: a @ w,
     }
     if native is not None:

@@ -70,14 +70,31 @@ OPTIMIZERS = Registry("optimizer", "optim.name")
 def _adamw(params, cfg: Mapping[str, Any]):
     import torch
 
-    return torch.optim.AdamW(params, lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    return _fused_or_not(torch.optim.AdamW, params, cfg)
 
 
 @OPTIMIZERS.register("adam")
 def _adam(params, cfg: Mapping[str, Any]):
     import torch
 
-    return torch.optim.Adam(params, lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    return _fused_or_not(torch.optim.Adam, params, cfg)
+
+
+def _fused_or_not(kind, params, cfg: Mapping[str, Any]):
+    """Adam(W), with torch's fused kernel when ``optim.fused`` is true: one pass over all parameters
+    instead of the foreach loop, 4-5x faster steps on CPU (1.4 vs 5.4 ms for ANI's 327k parameters,
+    1.9 vs 9.6 ms for PaiNN's 577k). Off by default: with it, a run killed (kill -9) and resumed
+    ended 0.5% off an uninterrupted one in tests/test_resume.py, where the foreach loop matches
+    exactly; the cause is not found. Where torch has no fused kernel for the parameters' device or
+    dtype, the foreach one."""
+    params = list(params)
+    kwargs = {"lr": float(cfg.get("lr", 1e-3)), "weight_decay": float(cfg.get("weight_decay", 0.0))}
+    if bool(cfg.get("fused", False)):
+        try:
+            return kind(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # e.g. a device without the fused kernel
+            pass
+    return kind(params, **kwargs)
 
 
 @OPTIMIZERS.register("sgd")

@@ -261,3 +261,21 @@ def test_learning_curves_from_a_metrics_csv(tmp_path):
     assert series["train_loss_epoch"] == [2.0, 1.5]
     png = plot_learning_curves(csv, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_optim_fused_selects_torchs_fused_kernel():
+    """optim.fused=true: torch's fused Adam(W) (the same update as the foreach loop); off by default."""
+    from nnp.registry import OPTIMIZERS
+
+    torch.manual_seed(0)
+    params = {f: [torch.nn.Parameter(torch.randn(7, 3))] for f in (False, True)}
+    params[True][0].data.copy_(params[False][0].data)
+    opts = {f: OPTIMIZERS.get("adamw")(params[f], {"lr": 1e-2, "fused": f}) for f in (False, True)}
+    assert opts[True].defaults["fused"] and not opts[False].defaults.get("fused")
+    assert not OPTIMIZERS.get("adam")(params[False], {}).defaults.get("fused")
+    for _ in range(3):
+        grad = torch.randn(7, 3)
+        for f in (False, True):
+            params[f][0].grad = grad.clone()
+            opts[f].step()
+    torch.testing.assert_close(params[True][0], params[False][0], rtol=1e-6, atol=1e-7)

@@ -83,6 +83,9 @@ class PotentialModule(pl.LightningModule):
         cfg = self.optim_cfg
         # frozen parameters (fine-tuning: requires_grad=False) stay out of the optimizer
         params = [p for p in self.potential.parameters() if p.requires_grad]
+        if self._trainer is not None and "mixed" in str(self.trainer.precision) and self.trainer.gradient_clip_val:
+            # Lightning refuses to clip gradients a fused optimizer unscales itself (AMP)
+            cfg = {**cfg, "fused": False}
         optimizer = OPTIMIZERS.get(cfg.get("name") or "adamw")(params, cfg)
         sched = dict(cfg.get("scheduler") or {})
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
