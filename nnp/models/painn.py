@@ -16,7 +16,7 @@ The energy is read out from s only, so it is rotation invariant.
 """
 
 from collections.abc import Sequence
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -63,14 +63,7 @@ class PaiNNLayer(nn.Module):
         [half; reversed half] (:func:`nnp.nn.pair_halves`): the filter, a function
         of distance only, is then evaluated once per undirected pair.
         ``v_is_zero``: v is all zeros (first layer), so its message term vanishes."""
-        return self.step(s, v, self.filter_weights(radial), unit, i, j, v_is_zero)
-
-    def step(
-        self, s: torch.Tensor, v: torch.Tensor, w: torch.Tensor, unit: torch.Tensor, i: torch.Tensor,
-        j: torch.Tensor, v_is_zero: bool = False,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` with the filters ``w`` (P', 3F) already made (:meth:`filter_weights`)."""
-        ds, dv = self.messages(self.phi(s), v, w, unit, i, j, s.shape[0], v_is_zero)
+        ds, dv = self.messages(self.phi(s), v, self.filter_weights(radial), unit, i, j, s.shape[0], v_is_zero)
         return self.update_atoms(s + ds, dv if v_is_zero else v + dv)
 
     def filter_weights(self, radial: torch.Tensor) -> torch.Tensor:
@@ -98,8 +91,8 @@ class PaiNNLayer(nn.Module):
             x = (phi.view(2, w.shape[0], w.shape[1]) * w[None]).view(phi.shape)
         x_s, x_vv, x_vs = torch.split(x, f, dim=-1)
         dv = unit[:, :, None] * x_vs[:, None, :]  # (P, 3, F)
-        if not v_is_zero:  # one pass over (P, 3, F): dv + v_j x_vv
-            dv = torch.addcmul(dv, v.index_select(0, j), x_vv[:, None, :])
+        if not v_is_zero:
+            dv = dv + v.index_select(0, j) * x_vv[:, None, :]
         return scatter_sum(x_s, i, n_atoms), scatter_sum(dv, i, n_atoms)
 
     def update_atoms(self, s: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -110,8 +103,8 @@ class PaiNNLayer(nn.Module):
         norm_v = torch.sqrt((v_v * v_v).sum(1) + self.epsilon)  # smooth at v = 0
         a = self.update(torch.cat([s, norm_v], dim=-1))
         a_vv, a_sv, a_ss = torch.split(a, f, dim=-1)
-        v = torch.addcmul(v, a_vv[:, None, :], u_v)
-        s = torch.addcmul(s + a_ss, a_sv, (u_v * v_v).sum(1))
+        v = v + a_vv[:, None, :] * u_v
+        s = s + a_ss + a_sv * (u_v * v_v).sum(1)
         return s, v
 
 
@@ -171,21 +164,11 @@ class PaiNN(AtomisticModel):
         radial = torch.cat([self.radial(distances) * fcut, fcut], 1)  # (P', n_rbf + 1)
         s = self.embedding(species)
         v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
-        filters = self.all_filters(radial)
         first = True
-        for k, layer in enumerate(self.layers):
-            s, v = layer.step(s, v, filters[k], unit, i, j, first)
+        for layer in self.layers:
+            s, v = layer(s, v, radial, unit, i, j, first)
             first = False
         return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
-
-    def all_filters(self, radial: torch.Tensor) -> List[torch.Tensor]:
-        """Every layer's filters (P', 3F) from [rbf fcut, fcut] (P', n_rbf + 1) in one matrix product
-        (:meth:`PaiNNLayer.filter_weights` of each layer, stacked): one product and one gradient for all layers."""
-        weights: List[torch.Tensor] = []
-        for layer in self.layers:
-            weights.append(torch.cat([layer.filter.weight, layer.filter.bias[:, None]], 1))
-        w = torch.mm(radial, torch.cat(weights, 0).t())  # (P', n_layers 3F)
-        return list(torch.split(w, 3 * self.n_features, dim=1))
 
     @torch.jit.unused
     def _forward_chunked(
