@@ -31,6 +31,7 @@ from nnp.nn import (
     halve_pairs,
     scatter_sum,
 )
+from nnp.nn.alloc import keep_freed_memory
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
 
 
@@ -63,7 +64,7 @@ class PaiNNLayer(nn.Module):
         of distance only, is then evaluated once per undirected pair.
         ``v_is_zero``: v is all zeros (first layer), so its message term vanishes."""
         ds, dv = self.messages(self.phi(s), v, self.filter_weights(radial), unit, i, j, s.shape[0], v_is_zero)
-        return self.update_atoms(s + ds, v + dv)
+        return self.update_atoms(s + ds, dv if v_is_zero else v + dv)
 
     def filter_weights(self, radial: torch.Tensor) -> torch.Tensor:
         """[rbf fcut, fcut] (P', n_rbf + 1) -> filter(rbf) * fcut (P', 3F), as one product with [W; b]^T."""
@@ -140,6 +141,7 @@ class PaiNN(AtomisticModel):
         # time). Memory settings only; results are the same.
         self.pair_chunk = 1 << 14
         self.chunk_above = 1 << 16
+        keep_freed_memory()  # no page faults per training step for the freed graph (nnp.nn.alloc)
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
