@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         # Lightning re-launched `python -m nnp[.cli]` for another DDP rank, without the subcommand.
         name, rest = "train", argv
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from nnp.nn.alloc import keep_freed_memory
+
+    keep_freed_memory()  # every command: freed tensors stay in the heap between steps (nnp.nn.alloc)
     try:
         if name in HYDRA_COMMANDS:
             return _run_hydra(name, rest)

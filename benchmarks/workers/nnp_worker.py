@@ -32,9 +32,12 @@ from omegaconf import OmegaConf  # noqa: E402
 from nnp import keys  # noqa: E402
 from nnp.calculator import NNPCalculator, batch_to  # noqa: E402
 from nnp.data.collate import collate  # noqa: E402
+from nnp.nn.alloc import keep_freed_memory  # noqa: E402
 from nnp.potential import Potential  # noqa: E402
 from nnp.training.backward import backward_to_parameters  # noqa: E402
 from nnp.training.loss import EnergyForceLoss  # noqa: E402
+
+keep_freed_memory()  # what every nnp command does first (nnp/cli.py): freed memory stays in the heap
 
 # Sizes shared with the SchNetPack models (see schnetpack_worker.py).
 SIZES = {"schnet": {"n_features": 128, "n_interactions": 3, "cutoff": 5.0},

@@ -31,7 +31,6 @@ from nnp.nn import (
     halve_pairs,
     scatter_sum,
 )
-from nnp.nn.alloc import keep_freed_memory
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
 
 
@@ -141,7 +140,6 @@ class PaiNN(AtomisticModel):
         # time). Memory settings only; results are the same.
         self.pair_chunk = 1 << 14
         self.chunk_above = 1 << 16
-        keep_freed_memory()  # no page faults per training step for the freed graph (nnp.nn.alloc)
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
