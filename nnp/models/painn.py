@@ -31,7 +31,7 @@ from nnp.nn import (
     halve_pairs,
     scatter_sum,
 )
-from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
+from nnp.nn.chunks import center_chunks, chunked_pair_sum, pairs_within_budget, sort_pairs_by_center
 
 
 class PaiNNLayer(nn.Module):
@@ -134,12 +134,12 @@ class PaiNN(AtomisticModel):
         self.cutoff_fn = build_cutoff(cutoff_fn, cutoff)
         self.layers = nn.ModuleList(PaiNNLayer(n_features, n_rbf, activation) for _ in range(n_interactions))
         self.readout = build_mlp(n_features, hidden, 1, activation)
-        # Above ``chunk_above`` pairs (~1,500 atoms of a metal), messages are built in chunks of
+        # Above ``chunk_above`` pairs, where the whole-system graph would exceed
+        # nnp.nn.chunks.GRAPH_BUDGET (measured ~25 KB of saved state per pair at 128 features and
+        # 3 layers: ~0.12M pairs, ~2,900 atoms of a metal), messages are built in chunks of
         # ``pair_chunk`` pairs of whole center atoms and rebuilt in the backward pass
-        # (nnp.nn.chunks): memory O(N F) instead of O(P F) (half at 1,000 Cu atoms, ~15% more
-        # time). Memory settings only; results are the same.
-        self.pair_chunk = 1 << 14
-        self.chunk_above = 1 << 16
+        # (nnp.nn.chunks): memory O(N F) instead of O(P F) (~15% more time). Memory settings only.
+        self.chunk_above = pairs_within_budget(4 * self.n_features * (16 * n_interactions + 1))
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:

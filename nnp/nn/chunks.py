@@ -33,6 +33,19 @@ def sort_pairs_by_center(i: torch.Tensor) -> torch.Tensor | None:
     return torch.argsort(i, stable=True)
 
 
+#: Bytes of saved autograd state a model's whole-system graph may take before its
+#: large-system path (chunks, no per-pair tensors kept) takes over. Below it the whole
+#: graph is the faster path; 3 GB keeps 10^4 atoms of a metal on it for every model
+#: of conf/model at its default size.
+GRAPH_BUDGET = 3 << 30
+
+
+def pairs_within_budget(bytes_per_pair: int, budget: int | None = None) -> int:
+    """The most pairs whose whole-system graph, at ``bytes_per_pair`` of saved state each, fits ``budget``
+    (default :data:`GRAPH_BUDGET`): a model's ``chunk_above``."""
+    return int((GRAPH_BUDGET if budget is None else budget) // max(1, int(bytes_per_pair)))
+
+
 #: At most about this many chunks: each chunk's backward also writes a gradient of
 #: every node tensor it reads, (N, F), so the time of that part grows with N x chunks.
 MAX_CHUNKS = 64
