@@ -139,6 +139,7 @@ class PaiNN(AtomisticModel):
         # 3 layers: ~0.12M pairs, ~2,900 atoms of a metal), messages are built in chunks of
         # ``pair_chunk`` pairs of whole center atoms and rebuilt in the backward pass
         # (nnp.nn.chunks): memory O(N F) instead of O(P F) (~15% more time). Memory settings only.
+        self.pair_chunk = 1 << 14
         self.chunk_above = pairs_within_budget(4 * self.n_features * (16 * n_interactions + 1))
 
     @torch.jit.unused
