@@ -11,6 +11,9 @@ so double backward (force training) still works. Memory is
 then O(N F) per block plus one chunk's temporaries; the price is one more
 forward of the per-pair work. The sums are the same as the whole-system ones
 (the same additions, in the same order per center).
+
+SchNet in eval mode uses :mod:`nnp.nn.filter_conv` instead: chunks of filters
+with an analytic first-order backward, no recomputed graph.
 """
 
 from __future__ import annotations
