@@ -32,6 +32,7 @@ from nnp.nn import (
     scatter_sum,
 )
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, pairs_within_budget, sort_pairs_by_center
+from nnp.nn.painn_messages import painn_messages, painn_messages_supported
 
 
 class PaiNNLayer(nn.Module):
@@ -154,6 +155,8 @@ class PaiNN(AtomisticModel):
         vectors = inputs[keys.PAIR_VECTORS]
         distances = inputs[keys.PAIR_DISTANCES]
         if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
+            if not self.training and painn_messages_supported(self.radial, self.cutoff_fn):
+                return self._forward_fused(species, i, j, vectors, distances)
             return self._forward_chunked(species, i, j, vectors, distances)
         unit = vectors / distances[:, None]
         i, j, distances, perm = halve_pairs(i, j, vectors, distances, species.shape[0])
@@ -167,6 +170,21 @@ class PaiNN(AtomisticModel):
         for layer in self.layers:
             s, v = layer(s, v, radial, unit, i, j, first)
             first = False
+        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
+
+    @torch.jit.unused
+    def _forward_fused(
+        self, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with messages in chunks and an analytic backward (nnp.nn.painn_messages; eval mode)."""
+        s = self.embedding(species)
+        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
+        for k, layer in enumerate(self.layers):
+            ds, dv = painn_messages(
+                self.radial, self.cutoff_fn, layer.filter, layer.phi(s), v, vectors, distances, i, j, k == 0,
+                self.pair_chunk,
+            )
+            s, v = layer.update_atoms(s + ds, v + dv)
         return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
 
     @torch.jit.unused

@@ -27,7 +27,7 @@ from nnp.nn import (
     scatter_sum,
 )
 from nnp.nn.chunks import center_chunks, chunked_pair_sum, pairs_within_budget, sort_pairs_by_center
-from nnp.nn.filter_conv import filter_convolution, fused_filters_supported
+from nnp.nn.filter_conv import KEEP_BUDGET, filter_convolution, fused_filters_supported
 from nnp.nn.filters import has_value_and_derivative, supports_slope, two_layer_filters
 
 
@@ -100,9 +100,11 @@ class SchNet(AtomisticModel):
         # nnp.nn.chunks.GRAPH_BUDGET (measured ~8 KB of saved state per pair at 128 filters and
         # 3 blocks: ~0.39M pairs, ~9,000 atoms of a metal), filters are built in chunks and
         # never kept: memory O(N F) instead of O(P F). In eval mode (single points, MD) by
-        # nnp.nn.filter_conv: chunks of ``pair_chunk`` pairs, an analytic backward, about the
-        # whole-graph time. In training mode (force training needs the double backward) by
-        # chunks of centers recomputed in the backward pass (nnp.nn.chunks), about 2.5x the time.
+        # nnp.nn.filter_conv: chunks of ``pair_chunk`` pairs, an analytic backward, filters and
+        # slopes kept within nnp.nn.filter_conv.KEEP_BUDGET (~the whole-graph time; ~1.5x for
+        # the chunks beyond it, rebuilt in the backward). In training mode (force training needs
+        # the double backward) by chunks of centers recomputed in the backward pass
+        # (nnp.nn.chunks), about 2.5x the time.
         # Memory settings only; results are the same.
         self.pair_chunk = 1 << 15
         self.chunk_above = pairs_within_budget(4 * n_filters * (5 * n_interactions + 1))
@@ -157,10 +159,11 @@ class SchNet(AtomisticModel):
         if both:  # one filter per undirected pair, messages both ways
             i, j = i[: distances.shape[0]], j[: distances.shape[0]]
         x = self.embedding(species)
+        per_pair = len(self.interactions) * 2 * self.interactions[0].in2f.out_features * x.element_size()
         for interaction in self.interactions:
             summed = filter_convolution(
                 interaction.filter_net, self.radial, self.cutoff_fn, interaction.in2f(x), distances, i, j, both,
-                self.pair_chunk,
+                self.pair_chunk, KEEP_BUDGET // per_pair,
             )
             x = x + interaction.f2out(summed)
         return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
