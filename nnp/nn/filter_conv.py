@@ -35,8 +35,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from nnp.nn.filters import activation_and_slope, filter_and_slope, has_value_and_derivative, supports_slope
-
+from nnp.nn.filters import (
+    activation_and_slope,
+    filter_and_slope,
+    has_value_and_derivative,
+    supports_slope,
+)
 
 #: Bytes of filters and slopes (2 F floats per pair and block) the forward pass may keep for the
 #: backward, over all blocks: below it the backward needs no filter network at all (as fast as
