@@ -83,6 +83,8 @@ def worker(model: str, n: int, path: str, repeats: int) -> dict:
             pot.train()  # nnp's previous path: AEVs in chunks, one graph (ANI has no train-only layers)
         else:
             pot.model.chunk_above = 1 << 40  # message passing: no recomputation
+            if hasattr(pot.model, "fused_above"):  # (nor chunks with an analytic backward, in eval mode)
+                pot.model.fused_above = 1 << 40
     batch = {
         keys.Z: torch.as_tensor(np.asarray(z), dtype=torch.long),
         keys.R: torch.as_tensor(np.asarray(r), dtype=torch.float32),

@@ -44,7 +44,7 @@ def _set_whole(pot) -> None:
     if hasattr(model, "chunk_atoms"):
         model.chunk_atoms = 1 << 30
     if hasattr(model, "pair_chunk"):
-        model.chunk_above = 1 << 30
+        model.chunk_above = model.fused_above = 1 << 30
 
 
 @pytest.fixture

@@ -142,6 +142,10 @@ class PaiNN(AtomisticModel):
         # (nnp.nn.chunks): memory O(N F) instead of O(P F) (~15% more time). Memory settings only.
         self.pair_chunk = 1 << 14
         self.chunk_above = pairs_within_budget(4 * self.n_features * (16 * n_interactions + 1))
+        # In eval mode, above ``fused_above`` pairs (~800 atoms of a metal), messages in chunks with
+        # an analytic backward (nnp.nn.painn_messages): measured ~10-20% faster than the whole
+        # graph at 1,000-2,000 Cu atoms, at a quarter to half of its memory.
+        self.fused_above = 1 << 15
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -154,9 +158,10 @@ class PaiNN(AtomisticModel):
         i, j = pairs[0], pairs[1]
         vectors = inputs[keys.PAIR_VECTORS]
         distances = inputs[keys.PAIR_DISTANCES]
-        if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
-            if not self.training and painn_messages_supported(self.radial, self.cutoff_fn):
+        if not torch.jit.is_scripting() and i.shape[0] > min(self.chunk_above, self.fused_above) and not self.training:
+            if painn_messages_supported(self.radial, self.cutoff_fn):
                 return self._forward_fused(species, i, j, vectors, distances)
+        if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
             return self._forward_chunked(species, i, j, vectors, distances)
         unit = vectors / distances[:, None]
         i, j, distances, perm = halve_pairs(i, j, vectors, distances, species.shape[0])
