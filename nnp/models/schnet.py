@@ -98,8 +98,8 @@ class SchNet(AtomisticModel):
         self.readout = build_mlp(n_features, hidden, 1, activation)
         # Above ``chunk_above`` pairs, where the whole-system graph would exceed
         # nnp.nn.chunks.GRAPH_BUDGET (measured ~8 KB of saved state per pair at 128 filters and
-        # 3 blocks: ~0.39M pairs, ~9,000 atoms of a metal), filters are built in chunks and
-        # never kept: memory O(N F) instead of O(P F). In eval mode (single points, MD) by
+        # 3 blocks: ~0.39M pairs, ~9,000 atoms of a metal), filters are built in chunks and no
+        # per-pair graph is kept: memory O(N F) plus a bounded cache. In eval mode (single points, MD) by
         # nnp.nn.filter_conv: chunks of ``pair_chunk`` pairs, an analytic backward, filters and
         # slopes kept within nnp.nn.filter_conv.KEEP_BUDGET (~the whole-graph time; ~1.5x for
         # the chunks beyond it, rebuilt in the backward). In training mode (force training needs
