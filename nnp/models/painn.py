@@ -31,7 +31,8 @@ from nnp.nn import (
     halve_pairs,
     scatter_sum,
 )
-from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
+from nnp.nn.chunks import center_chunks, chunked_pair_sum, pairs_within_budget, sort_pairs_by_center
+from nnp.nn.painn_messages import painn_messages, painn_messages_supported
 
 
 class PaiNNLayer(nn.Module):
@@ -134,12 +135,17 @@ class PaiNN(AtomisticModel):
         self.cutoff_fn = build_cutoff(cutoff_fn, cutoff)
         self.layers = nn.ModuleList(PaiNNLayer(n_features, n_rbf, activation) for _ in range(n_interactions))
         self.readout = build_mlp(n_features, hidden, 1, activation)
-        # Above ``chunk_above`` pairs (~1,500 atoms of a metal), messages are built in chunks of
+        # Above ``chunk_above`` pairs, where the whole-system graph would exceed
+        # nnp.nn.chunks.GRAPH_BUDGET (measured ~25 KB of saved state per pair at 128 features and
+        # 3 layers: ~0.12M pairs, ~2,900 atoms of a metal), messages are built in chunks of
         # ``pair_chunk`` pairs of whole center atoms and rebuilt in the backward pass
-        # (nnp.nn.chunks): memory O(N F) instead of O(P F) (half at 1,000 Cu atoms, ~15% more
-        # time). Memory settings only; results are the same.
+        # (nnp.nn.chunks): memory O(N F) instead of O(P F) (~15% more time). Memory settings only.
         self.pair_chunk = 1 << 14
-        self.chunk_above = 1 << 16
+        self.chunk_above = pairs_within_budget(4 * self.n_features * (16 * n_interactions + 1))
+        # In eval mode, above ``fused_above`` pairs (~800 atoms of a metal), messages in chunks with
+        # an analytic backward (nnp.nn.painn_messages): measured ~10-20% faster than the whole
+        # graph at 1,000-2,000 Cu atoms, at a quarter to half of its memory.
+        self.fused_above = 1 << 15
 
     @torch.jit.unused
     def parameter_groups(self) -> dict[str, list[str]]:
@@ -152,6 +158,9 @@ class PaiNN(AtomisticModel):
         i, j = pairs[0], pairs[1]
         vectors = inputs[keys.PAIR_VECTORS]
         distances = inputs[keys.PAIR_DISTANCES]
+        if not torch.jit.is_scripting() and i.shape[0] > min(self.chunk_above, self.fused_above) and not self.training:
+            if painn_messages_supported(self.radial, self.cutoff_fn):
+                return self._forward_fused(species, i, j, vectors, distances)
         if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
             return self._forward_chunked(species, i, j, vectors, distances)
         unit = vectors / distances[:, None]
@@ -166,6 +175,21 @@ class PaiNN(AtomisticModel):
         for layer in self.layers:
             s, v = layer(s, v, radial, unit, i, j, first)
             first = False
+        return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
+
+    @torch.jit.unused
+    def _forward_fused(
+        self, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with messages in chunks and an analytic backward (nnp.nn.painn_messages; eval mode)."""
+        s = self.embedding(species)
+        v = torch.zeros((s.shape[0], 3, self.n_features), dtype=s.dtype, device=s.device)
+        for k, layer in enumerate(self.layers):
+            ds, dv = painn_messages(
+                self.radial, self.cutoff_fn, layer.filter, layer.phi(s), v, vectors, distances, i, j, k == 0,
+                self.pair_chunk,
+            )
+            s, v = layer.update_atoms(s + ds, v + dv)
         return {keys.ATOMIC_ENERGY: self.readout(s).squeeze(-1), keys.ATOM_FEATURES: s}
 
     @torch.jit.unused

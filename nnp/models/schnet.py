@@ -26,7 +26,8 @@ from nnp.nn import (
     halve_pairs,
     scatter_sum,
 )
-from nnp.nn.chunks import center_chunks, chunked_pair_sum, sort_pairs_by_center
+from nnp.nn.chunks import center_chunks, chunked_pair_sum, pairs_within_budget, sort_pairs_by_center
+from nnp.nn.filter_conv import KEEP_BUDGET, filter_convolution, fused_filters_supported
 from nnp.nn.filters import has_value_and_derivative, supports_slope, two_layer_filters
 
 
@@ -95,13 +96,21 @@ class SchNet(AtomisticModel):
             SchNetInteraction(n_features, n_filters, n_rbf, activation) for _ in range(n_interactions)
         )
         self.readout = build_mlp(n_features, hidden, 1, activation)
-        # Above ``chunk_above`` pairs (~3,000 atoms of a metal; ~1.2 GB of saved filters), filters
-        # are built in chunks of ``pair_chunk`` pairs of whole center atoms and rebuilt in the
-        # backward pass (nnp.nn.chunks): memory O(N F) instead of O(P F), for about 2.5x the time
-        # (the filters are then built three times, for both directions of each pair).
+        # Above ``chunk_above`` pairs, where the whole-system graph would exceed
+        # nnp.nn.chunks.GRAPH_BUDGET (measured ~8 KB of saved state per pair at 128 filters and
+        # 3 blocks: ~0.39M pairs, ~9,000 atoms of a metal), filters are built in chunks and no
+        # per-pair graph is kept: memory O(N F) plus a bounded cache. In eval mode (single points, MD) by
+        # nnp.nn.filter_conv: chunks of ``pair_chunk`` pairs, an analytic backward, filters and
+        # slopes kept within nnp.nn.filter_conv.KEEP_BUDGET (~the whole-graph time; ~1.5x for
+        # the chunks beyond it, rebuilt in the backward). In training mode (force training needs
+        # the double backward) by chunks of centers recomputed in the backward pass
+        # (nnp.nn.chunks), about 2.5x the time.
         # Memory settings only; results are the same.
         self.pair_chunk = 1 << 15
-        self.chunk_above = 1 << 17
+        self.chunk_above = pairs_within_budget(4 * n_filters * (5 * n_interactions + 1))
+        # In eval mode, the nnp.nn.filter_conv path from ``fused_above`` pairs (~1,500 atoms of a
+        # metal) up: measured the whole graph's time at half its memory (1,000 Cu atoms).
+        self.fused_above = 1 << 16
         # Training on forces: filters with dW/dr carried forward (nnp.nn.filters), so the
         # loss gradient needs no double backward through the filter networks. Same results.
         self.tangent_filters = has_value_and_derivative(self.radial, self.cutoff_fn) and supports_slope(
@@ -118,6 +127,9 @@ class SchNet(AtomisticModel):
         pairs = inputs[keys.PAIRS]
         i, j = pairs[0], pairs[1]
         distances = inputs[keys.PAIR_DISTANCES]
+        if not torch.jit.is_scripting() and i.shape[0] > min(self.chunk_above, self.fused_above) and not self.training:
+            if fused_filters_supported(self.interactions[0].filter_net, self.radial, self.cutoff_fn):
+                return self._forward_fused(species, i, j, inputs[keys.PAIR_VECTORS], distances)
         if not torch.jit.is_scripting() and i.shape[0] > self.chunk_above:
             return self._forward_chunked(species, i, j, distances)
         i, j, distances, _ = halve_pairs(i, j, inputs[keys.PAIR_VECTORS], distances, species.shape[0])
@@ -139,6 +151,25 @@ class SchNet(AtomisticModel):
         x = self.embedding(species)
         for interaction, w in zip(self.interactions, filters):
             x = x + interaction.convolve(x, w, i, j)
+        return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
+
+    @torch.jit.unused
+    def _forward_fused(
+        self, species: torch.Tensor, i: torch.Tensor, j: torch.Tensor, vectors: torch.Tensor, distances: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with filters built chunk by chunk and an analytic backward (eval mode, large systems)."""
+        i, j, distances, perm = halve_pairs(i, j, vectors, distances, species.shape[0])
+        both = perm is not None
+        if both:  # one filter per undirected pair, messages both ways
+            i, j = i[: distances.shape[0]], j[: distances.shape[0]]
+        x = self.embedding(species)
+        per_pair = len(self.interactions) * 2 * self.interactions[0].in2f.out_features * x.element_size()
+        for interaction in self.interactions:
+            summed = filter_convolution(
+                interaction.filter_net, self.radial, self.cutoff_fn, interaction.in2f(x), distances, i, j, both,
+                self.pair_chunk, KEEP_BUDGET // per_pair,
+            )
+            x = x + interaction.f2out(summed)
         return {keys.ATOMIC_ENERGY: self.readout(x).squeeze(-1), keys.ATOM_FEATURES: x}
 
     @torch.jit.unused

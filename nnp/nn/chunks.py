@@ -11,6 +11,9 @@ so double backward (force training) still works. Memory is
 then O(N F) per block plus one chunk's temporaries; the price is one more
 forward of the per-pair work. The sums are the same as the whole-system ones
 (the same additions, in the same order per center).
+
+SchNet in eval mode uses :mod:`nnp.nn.filter_conv` instead: chunks of filters
+with an analytic first-order backward, no recomputed graph.
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ def sort_pairs_by_center(i: torch.Tensor) -> torch.Tensor | None:
     if i.shape[0] < 2 or bool((i[1:] >= i[:-1]).all()):
         return None
     return torch.argsort(i, stable=True)
+
+
+#: Bytes of saved autograd state a model's whole-system graph may take before its
+#: large-system path (chunks, no per-pair tensors kept) takes over. Below it the whole
+#: graph is the faster path; 3 GB keeps 10^4 atoms of a metal on it for every model
+#: of conf/model at its default size.
+GRAPH_BUDGET = 3 << 30
+
+
+def pairs_within_budget(bytes_per_pair: int, budget: int | None = None) -> int:
+    """The most pairs whose whole-system graph, at ``bytes_per_pair`` of saved state each, fits ``budget``
+    (default :data:`GRAPH_BUDGET`): a model's ``chunk_above``."""
+    return int((GRAPH_BUDGET if budget is None else budget) // max(1, int(bytes_per_pair)))
 
 
 #: At most about this many chunks: each chunk's backward also writes a gradient of

@@ -96,11 +96,19 @@ def two_layer_filters(
     fc, dfc = cutoff_fn.value_and_derivative(rd)
     out = []
     for net in nets:
-        w1 = net[0].weight.t()
-        a, slope = activation_and_slope(net[1], torch.addmm(net[0].bias, rbf, w1))
-        da = slope * torch.mm(drbf, w1)
-        w2 = net[2].weight.t()
-        w = torch.addmm(net[2].bias, a, w2)  # (P, F) before the cutoff
-        w_dot = torch.addcmul(torch.mm(da, w2) * fc[:, None], w, dfc[:, None])  # d(w fc)/dr
+        w, w_dot = filter_and_slope(net, rbf, drbf, fc, dfc)
         out.append(ByDistance.apply(r, w, w_dot, fc))
     return out
+
+
+def filter_and_slope(
+    net: nn.Sequential, rbf: torch.Tensor, drbf: torch.Tensor, fc: torch.Tensor, dfc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w (P, F) before the cutoff, d(w fc)/dr (P, F)) of a Linear -> act -> Linear net on the basis rbf (P, n_rbf),
+    from the basis' slope drbf and the cutoff fc, dfc (P,)."""
+    w1 = net[0].weight.t()
+    a, slope = activation_and_slope(net[1], torch.addmm(net[0].bias, rbf, w1))
+    da = slope * torch.mm(drbf, w1)
+    w2 = net[2].weight.t()
+    w = torch.addmm(net[2].bias, a, w2)
+    return w, torch.addcmul(torch.mm(da, w2) * fc[:, None], w, dfc[:, None])
