@@ -227,7 +227,7 @@ def test_committee_in_chunks():
 
 
 def test_more_than_1024_atoms():
-    """Over chunk_atoms (1024) atoms: the default chunked path, against autograd and a lone molecule."""
+    """Over chunk_atoms (set to 1024 here) atoms: the chunked path, against autograd and a lone molecule."""
     mol = ethanol()
     grid = [(x, y, z) for x in range(6) for y in range(5) for z in range(4)]  # 120 x 9 = 1080 atoms
     big = Atoms()
@@ -237,6 +237,8 @@ def test_more_than_1024_atoms():
         big += part
     assert len(big) > 1024
     committee = Committee(members_of(2))
+    for member in committee.members:
+        member.model.chunk_atoms = 1024
     batch = batch_of([big], torch.float64)
     analytic = member_gradients(committee, dict(batch), True)
     autograd = member_gradients(committee, dict(batch), False)

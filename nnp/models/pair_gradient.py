@@ -6,7 +6,7 @@ total energy with respect to the pair vectors splits by center: dE/dr_p =
 dE_{i(p)}/dr_p. So a chunk of centers can be evaluated forward and backward on
 its own, its graph freed before the next chunk: memory stays proportional to
 the chunk instead of the system (autograd's saved state of ANI is ~5 GB at
-10^5 atoms; per chunk of 1,024 atoms it is ~50 MB). The potential turns the
+10^5 atoms; per chunk of 1,024 atoms it is ~50 MB, of the default 4,096 ~200 MB). The potential turns the
 pair-vector gradient into forces and stress by one more autograd step through
 r_ij = R_j - R_i + images @ cell (:meth:`nnp.potential.Potential.forward`).
 
