@@ -258,8 +258,9 @@ class Potential(nn.Module):
         compute_stress: bool,
     ) -> Dict[str, torch.Tensor] | None:
         """Inference with bounded memory for models with a chunked path (:mod:`nnp.models.pair_gradient`):
-        the model gives dE/d(pair vectors) chunk by chunk of centers, and forces and stress
-        follow from it by autograd through the pair vectors. None when the model has no such path."""
+        the model gives dE/d(pair vectors) chunk by chunk of centers; forces follow by scattering
+        it onto each pair's two atoms, stress by autograd through the pair vectors. None when the
+        model has no such path."""
         from nnp.models.pair_gradient import energy_and_pair_gradient
 
         if len(getattr(self, "terms", ())) > 0:  # energy terms beside the model need the whole-graph path

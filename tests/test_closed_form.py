@@ -123,3 +123,11 @@ def test_forces_are_the_energy_gradient():
             energies.append(float(pot(moved, compute_forces=True)[keys.ENERGY][0]))
         numeric = -(energies[0] - energies[1]) / (2 * h)
         assert abs(float(forces[atom, axis]) - numeric) < 1e-6 * max(1.0, abs(numeric))
+
+
+def test_no_atoms():
+    mlp = ElementwiseMLP(2, 4, [[3], [3]], "celu").double()
+    for waste in (64, -1):  # stacked and per element
+        mlp.stack_waste_rows = waste
+        value, grad = mlp.value_and_input_gradient(torch.zeros(0, 4, dtype=F64), torch.zeros(0, dtype=torch.long))
+        assert value.shape == (0,) and grad.shape == (0, 4)

@@ -6,9 +6,12 @@ total energy with respect to the pair vectors splits by center: dE/dr_p =
 dE_{i(p)}/dr_p. So a chunk of centers can be evaluated forward and backward on
 its own, its graph freed before the next chunk: memory stays proportional to
 the chunk instead of the system (autograd's saved state of ANI is ~5 GB at
-10^5 atoms; per chunk of 1,024 atoms it is ~50 MB, of the default 4,096 ~200 MB). The potential turns the
-pair-vector gradient into forces and stress by one more autograd step through
-r_ij = R_j - R_i + images @ cell (:meth:`nnp.potential.Potential.forward`).
+10^5 atoms; per chunk of 1,024 atoms it was ~50 MB). ANI's default is the closed
+form (:func:`_ani_closed_form`): no graph at all, chunks of ``model.chunk_atoms``
+(4,096) centers; 213 MB peak at 3·10^4 atoms in the benchmark. The potential turns the
+pair-vector gradient into forces by scattering it onto the two atoms of each pair,
+and into stress by one autograd step through r_ij = R_j - R_i + images @ cell
+(:meth:`nnp.potential.Potential._evaluate_by_centers`).
 
 Inference only: the energies come back detached (no gradient reaches the
 parameters), so the potential uses this path in eval mode without
@@ -77,7 +80,7 @@ def _ani_closed_form(model: ANI, inputs: Dict[str, torch.Tensor]) -> Tuple[Dict[
     networks' outputs and input gradients by the chain rule written out
     (:meth:`nnp.nn.mlp.ElementwiseMLP.value_and_input_gradient`), and the AEV's closed-form
     vector-Jacobian product (:func:`nnp.models.aev_fused.pull_back`). The numbers of autograd's
-    path to float tolerance (tests/test_pair_gradient.py); a 21-atom MD step took 5.7 ms on the
+    path to float tolerance (tests/test_closed_form.py); a 21-atom MD step took 5.7 ms on the
     autograd path, mostly its graph bookkeeping.
 
     None where that path does not apply: switched off (``model.closed_form = False``), the

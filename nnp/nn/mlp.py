@@ -133,7 +133,7 @@ class ElementwiseMLP(nn.Module):
         slot[order] = sorted_species * n_max + torch.arange(species.shape[0], device=species.device) - first[sorted_species]
         x = features.new_zeros(n_species * n_max, features.shape[1])
         x.index_copy_(0, slot, features)
-        h = x.view(n_species, n_max, -1)
+        h = x.view(n_species, n_max, features.shape[1])
         saved: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
         for weight, bias, _, act in layers[:-1]:
             z = torch.baddbmm(bias, h, weight)
@@ -148,7 +148,7 @@ class ElementwiseMLP(nn.Module):
             if g is None:
                 return None
             g = torch.bmm(g, layers[k][2])
-        return value, g.reshape(n_species * n_max, -1).index_select(0, slot)
+        return value, g.reshape(n_species * n_max, features.shape[1]).index_select(0, slot)
 
     def _stacked_layers(self, dtype: torch.dtype) -> list | None:
         """Per layer ``(W (S, in, out), b (S, 1, out), W^T (S, out, in), activation)``, zero-padded
